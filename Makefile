@@ -1,0 +1,47 @@
+# Two commands do everything on a fresh machine:
+#   make run    set up (virtualenv, requirements, migrate, demo data) and serve on http://127.0.0.1:8000
+#   make test   set up and run the whole test suite
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.PHONY: run test setup deps migrate demo worker lint check bench clean
+
+$(VENV)/.installed: requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -r requirements.txt
+	touch $@
+
+deps: $(VENV)/.installed
+
+setup: deps
+	$(PY) manage.py migrate --noinput
+
+demo: setup
+	$(PY) manage.py demo_data
+
+run: demo
+	@echo ""
+	@echo "  Inbox:  http://$(HOST):$(PORT)/        Admin: http://$(HOST):$(PORT)/admin/"
+	@echo ""
+	$(VENV)/bin/daphne -b $(HOST) -p $(PORT) --websocket_max_message_size 65536 config.asgi:application
+
+worker: setup
+	$(VENV)/bin/celery -A config worker -Q inbound,default -l info
+
+test: deps
+	$(VENV)/bin/ruff check .
+	$(PY) manage.py makemigrations --check --dry-run
+	$(PY) manage.py check
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+lint: deps
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+clean:
+	rm -rf $(VENV) db.sqlite3 test-db.sqlite3 media

@@ -1,0 +1,16 @@
+"""ASGI entry point: HTTP to Django; WebSocket through origin validation and session auth to the consumers."""
+
+from __future__ import annotations
+
+import os
+
+from django.core.asgi import get_asgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+django_asgi_app = get_asgi_application()  # before importing anything that touches models
+
+from channels.routing import ProtocolTypeRouter  # noqa: E402
+
+from inbox.routing import websocket_application  # noqa: E402
+
+application = ProtocolTypeRouter({"http": django_asgi_app, "websocket": websocket_application})

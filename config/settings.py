@@ -1,0 +1,282 @@
+"""One settings module, configured from the environment.
+
+With no configuration at all the app runs on the embedded default: a SQLite file, Channels' in-memory layer and
+Celery tasks run inline, so a fresh checkout works in one process. DATABASE_URL and REDIS_URL switch it to
+PostgreSQL (through Django's psycopg connection pool) and Redis (channels-redis pub/sub layer, Celery broker,
+cache), which is what production runs.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def env_bool(name: str, *, default: bool) -> bool:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    if raw in ("True", "true", "1", "yes", "on"):
+        return True
+    if raw in ("False", "false", "0", "no", "off"):
+        return False
+    raise ImproperlyConfigured(f"{name} must be True or False, not {raw!r}")
+
+
+def env_int(name: str, *, default: int) -> int:
+    raw = os.environ.get(name, "")
+    if not raw:
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"{name} must be an integer, not {raw!r}") from exc
+
+
+def env_list(name: str, *, default: list[str]) -> list[str]:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    return [item.strip() for item in raw.split(",") if item.strip()]
+
+
+DEBUG = env_bool("DEBUG", default=True)
+SECRET_KEY = os.environ.get("SECRET_KEY") or ("dev-only-not-secret-" + "x" * 40 if DEBUG else "")
+if not SECRET_KEY:
+    raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is False")
+
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "testserver"] if DEBUG else [])
+if not DEBUG and not ALLOWED_HOSTS:
+    raise ImproperlyConfigured("ALLOWED_HOSTS must be set when DEBUG is False")
+if not DEBUG and "*" in ALLOWED_HOSTS:
+    raise ImproperlyConfigured("ALLOWED_HOSTS must not contain '*' when DEBUG is False")
+
+# Origins allowed to open a WebSocket with a session cookie and to POST forms (scheme://host[:port]).
+ALLOWED_ORIGINS = env_list(
+    "ALLOWED_ORIGINS",
+    default=[f"http://{h}:8000" for h in ("127.0.0.1", "localhost")] + ["http://testserver"] if DEBUG else [],
+)
+if "*" in ALLOWED_ORIGINS:
+    raise ImproperlyConfigured("ALLOWED_ORIGINS must list origins explicitly, not '*'")
+CSRF_TRUSTED_ORIGINS = ALLOWED_ORIGINS
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django.contrib.postgres",
+    "channels",
+    "rest_framework",
+    "rest_framework_simplejwt.token_blacklist",
+    "drf_spectacular",
+    "django_htmx",
+    "template_partials",
+    "accounts",
+    "tenants",
+    "inbox",
+    "webhooks",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_htmx.middleware.HtmxMiddleware",
+    "tenants.middleware.AdminScopesDisabledMiddleware",
+]
+
+ROOT_URLCONF = "config.urls"
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+WSGI_APPLICATION = "config.wsgi.application"
+ASGI_APPLICATION = "config.asgi.application"
+
+# --- Database ---------------------------------------------------------------------------------------------------
+DATABASE_URL = os.environ.get("DATABASE_URL", "")
+DATABASES: dict[str, dict[str, Any]] = {
+    "default": dj_database_url.parse(DATABASE_URL)
+    if DATABASE_URL
+    else {
+        "ENGINE": "django.db.backends.sqlite3",
+        "NAME": os.environ.get("SQLITE_PATH", str(BASE_DIR / "db.sqlite3")),
+    }
+}
+_db = DATABASES["default"]
+if _db["ENGINE"] == "django.db.backends.postgresql":
+    # Persistent connections under Daphne exhausted PostgreSQL at 16 concurrent requests in a measurement here;
+    # Django's psycopg pool does not (shared/reference/performance-method.md 4.4). The pool needs CONN_MAX_AGE=0.
+    _db["CONN_MAX_AGE"] = 0
+    if env_bool("DATABASE_POOL", default=True):
+        _db.setdefault("OPTIONS", {})["pool"] = {
+            "min_size": env_int("DATABASE_POOL_MIN", default=2),
+            "max_size": env_int("DATABASE_POOL_MAX", default=16),
+            "timeout": 10,
+        }
+elif _db["ENGINE"] == "django.db.backends.sqlite3":
+    # Several threads write under Daphne: take the write lock at BEGIN so two writers queue instead of deadlocking.
+    _db.setdefault("OPTIONS", {}).update(
+        {"transaction_mode": "IMMEDIATE", "timeout": 20, "init_command": "PRAGMA journal_mode=WAL;"}
+    )
+    _db.setdefault("TEST", {})["NAME"] = os.environ.get("SQLITE_TEST_PATH", str(BASE_DIR / "test-db.sqlite3"))
+USING_POSTGRES = _db["ENGINE"] == "django.db.backends.postgresql"
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+AUTH_USER_MODEL = "accounts.User"
+AUTHENTICATION_BACKENDS = ["accounts.backends.UsernameOrEmailBackend"]
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+LOGIN_URL = "/admin/login/"
+
+# --- Redis: channel layer, cache, Celery --------------------------------------------------------------------------
+REDIS_URL = os.environ.get("REDIS_URL", "")
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_SOFT_TIME_LIMIT = 60
+CELERY_TASK_TIME_LIMIT = 90
+CELERY_TASK_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TIMEZONE = "UTC"
+if REDIS_URL:
+    # The pub/sub layer was ~40x better at p99 than the core layer here (performance-method.md 4.1/4.2).
+    CHANNEL_LAYERS: dict[str, Any] = {
+        "default": {
+            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            # Redis pub/sub ignores database numbers: deployments (and test runs) sharing a Redis need a prefix.
+            "CONFIG": {"hosts": [REDIS_URL], "prefix": os.environ.get("CHANNEL_LAYER_PREFIX", "asgi")},
+        }
+    }
+    CACHES: dict[str, Any] = {
+        "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}
+    }
+    CELERY_BROKER_URL = REDIS_URL
+    CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", default=False)
+    # A task whose worker dies is redelivered after this long (acks_late); it must exceed the longest task.
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 300}
+else:  # one process: the in-memory layer cannot reach other processes, so tasks run inline
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+    CELERY_BROKER_URL = "memory://"
+    CELERY_TASK_ALWAYS_EAGER = True
+CELERY_TASK_EAGER_PROPAGATES = False
+CELERY_TASK_ROUTES = {
+    "webhooks.*": {"queue": "inbound"},  # inbound processing never waits behind bulk work (chatwoot#13556)
+}
+CELERY_TASK_DEFAULT_QUEUE = "default"
+# Periodic work (celery beat): each entry's task lives in the module named.
+CELERY_BEAT_SCHEDULE = {
+    "outbox-sweep": {"task": "inbox.tasks.outbox_sweep", "schedule": 30.0},  # re-queue sends stuck after a crash
+    "webhook-sweep": {"task": "webhooks.tasks.webhook_sweep", "schedule": 60.0},  # stored but never processed
+    "event-log-prune": {"task": "inbox.maintenance.event_log_prune", "schedule": 3600.0},
+    "socket-recheck": {"task": "inbox.maintenance.presence_reap", "schedule": 20.0},
+}
+
+# --- Internationalisation, static, media --------------------------------------------------------------------------
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+STATIC_URL = "static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_ROOT = BASE_DIR / "staticfiles"
+MEDIA_ROOT = Path(os.environ.get("MEDIA_ROOT", str(BASE_DIR / "media")))
+MEDIA_URL = "/media/"  # never served directly: files go through a view that checks tenant membership
+
+# --- Security ------------------------------------------------------------------------------------------------------
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SAMESITE = "Lax"
+CSRF_COOKIE_SAMESITE = "Lax"
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
+if not DEBUG:
+    SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", default=True)
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", default=31536000)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+    SECURE_HSTS_PRELOAD = True
+# Secrets of WhatsApp numbers are encrypted at rest with this key (Fernet); defaults to one derived from SECRET_KEY.
+FIELD_ENCRYPTION_KEY = os.environ.get("FIELD_ENCRYPTION_KEY", "")
+
+# --- REST API ------------------------------------------------------------------------------------------------------
+REST_FRAMEWORK: dict[str, Any] = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework_simplejwt.authentication.JWTAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_THROTTLE_RATES": {
+        "auth": os.environ.get("THROTTLE_AUTH", "20/min"),
+        "send": os.environ.get("THROTTLE_SEND", "120/min"),
+        "ticket": os.environ.get("THROTTLE_TICKET", "60/min"),
+    },
+}
+SIMPLE_JWT: dict[str, Any] = {
+    "ROTATE_REFRESH_TOKENS": True,
+    "BLACKLIST_AFTER_ROTATION": True,
+    "UPDATE_LAST_LOGIN": False,
+    "CHECK_REVOKE_TOKEN": True,  # a password change invalidates every access token issued before it
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "WhatsApp team inbox API",
+    "DESCRIPTION": "Tenant-scoped conversations, messages and real-time tickets. See docs/realtime.md for the WebSocket.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "COMPONENT_SPLIT_REQUEST": True,
+}
+
+# --- WhatsApp Cloud API ----------------------------------------------------------------------------------------------
+WHATSAPP_GRAPH_BASE_URL = os.environ.get("WHATSAPP_GRAPH_BASE_URL", "https://graph.facebook.com")
+WHATSAPP_API_VERSION = os.environ.get("WHATSAPP_API_VERSION", "v25.0")
+# Used for numbers that have no app secret / verify token of their own (one Meta app for the whole SaaS).
+WHATSAPP_APP_SECRET = os.environ.get("WHATSAPP_APP_SECRET", "sandbox-app-secret" if DEBUG else "")
+WHATSAPP_VERIFY_TOKEN = os.environ.get("WHATSAPP_VERIFY_TOKEN", "sandbox-verify-token" if DEBUG else "")
+# Meta's payloads can be ~3 MB; Django's default body limit (2.5 MB) applies everywhere but the webhook view.
+WHATSAPP_WEBHOOK_MAX_BYTES = env_int("WHATSAPP_WEBHOOK_MAX_BYTES", default=4 * 1024 * 1024)
+# Where the sandbox transport posts its signed status webhooks (the running server itself).
+SANDBOX_WEBHOOK_URL = os.environ.get("SANDBOX_WEBHOOK_URL", "")
+
+# --- Real time -------------------------------------------------------------------------------------------------------
+EVENT_RETENTION_DAYS = env_int("EVENT_RETENTION_DAYS", default=7)
+
+LOGGING: dict[str, Any] = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
+    "loggers": {"django.db.backends": {"level": "WARNING"}},
+}

@@ -1,0 +1,67 @@
+"""Project-wide test set-up: fast hashing, Celery inline, services required in CI, two tenants always."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+from django.conf import settings
+
+from config.celery import app as celery_app
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    # Tests run tasks inline unless a test starts a real worker; the broker path is covered by its own tests.
+    celery_app.conf.task_always_eager = True
+    celery_app.conf.task_eager_propagates = True
+    if os.environ.get("REQUIRE_SERVICES") == "1":
+        # CI: a missing service fails the run; nothing silently falls back to SQLite or the in-memory layer.
+        missing = [name for name in ("DATABASE_URL", "REDIS_URL") if not os.environ.get(name)]
+        if missing:
+            raise pytest.UsageError(f"REQUIRE_SERVICES=1 but {', '.join(missing)} not set")
+        if settings.DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql":
+            raise pytest.UsageError("REQUIRE_SERVICES=1 needs DATABASE_URL to point at PostgreSQL")
+        import redis
+
+        try:
+            redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=3).ping()
+        except redis.RedisError as exc:
+            raise pytest.UsageError(f"Redis at REDIS_URL is unreachable: {exc}") from exc
+
+
+@pytest.fixture(autouse=True)
+def _media_root(tmp_path_factory: pytest.TempPathFactory, settings) -> Iterator[None]:  # type: ignore[no-untyped-def]
+    settings.MEDIA_ROOT = tmp_path_factory.mktemp("media")
+    yield
+
+
+@pytest.fixture
+def require_postgres() -> None:
+    """Concurrency tests need PostgreSQL's row locks: they fail (not skip) without it when CI demands services."""
+    if not settings.USING_POSTGRES:
+        if os.environ.get("REQUIRE_SERVICES") == "1":
+            pytest.fail("PostgreSQL is required in CI")
+        pytest.skip("needs PostgreSQL (set DATABASE_URL); CI runs it")
+
+
+@pytest.fixture
+def require_redis() -> None:
+    if not settings.REDIS_URL:
+        if os.environ.get("REQUIRE_SERVICES") == "1":
+            pytest.fail("Redis is required in CI")
+        pytest.skip("needs Redis (set REDIS_URL); CI runs it")
+
+
+from inbox.tests.fixtures import *  # noqa: E402,F403
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # Tests that ask for a service carry its marker, so the embedded-default run can deselect them (not skip).
+    for item in items:
+        fixtures = getattr(item, "fixturenames", ())
+        if "require_postgres" in fixtures:
+            item.add_marker(pytest.mark.postgres)
+        if "require_redis" in fixtures:
+            item.add_marker(pytest.mark.redis)

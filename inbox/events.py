@@ -1,0 +1,140 @@
+"""Event types, group names and the only code that talks to the channel layer.
+
+Durable events (PROTOCOL.md guarantee 1 and 2): `emit()` writes a TenantEvent row with the tenant's next `seq` in
+the caller's transaction, and sends it to the tenant group only after that transaction commits. Ephemeral events
+(typing, presence) go straight to a group with `seq: null`.
+
+The channel-layer message carries the whole wire frame: one event fans out to every socket of the tenant, and
+re-reading the row per socket would cost one query per socket per event.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any, Final, Literal, TypedDict
+
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+from django.db import IntegrityError, connection, transaction
+from django.utils import timezone
+
+from .models import EventSequence, TenantEvent
+
+logger = logging.getLogger(__name__)
+
+# Wire types of durable events (PROTOCOL.md "Server → client").
+MESSAGE_NEW: Final = "message:new"
+MESSAGE_STATUS: Final = "message:status"
+MESSAGE_READ: Final = "message:read"
+CONVERSATION_UPDATED: Final = "conversation:updated"
+DURABLE_TYPES: Final = frozenset({MESSAGE_NEW, MESSAGE_STATUS, MESSAGE_READ, CONVERSATION_UPDATED})
+
+# Wire types of ephemeral events.
+TYPING_START: Final = "typing:start"
+TYPING_STOP: Final = "typing:stop"
+USER_ONLINE: Final = "user:online"
+USER_OFFLINE: Final = "user:offline"
+
+# Channel-layer message types (→ consumer handlers of the same name with "_" for ".").
+LAYER_EVENT: Final = "inbox.event"  # a frame to forward as it is: {"type", "frame"}
+LAYER_REVOKE: Final = "inbox.revoke"  # close the socket with 4403 (user deactivated / membership removed)
+
+
+class Frame(TypedDict):
+    type: str
+    data: dict[str, Any]
+    ts: str
+    seq: int | None
+
+
+class LayerEvent(TypedDict):
+    type: Literal["inbox.event"]
+    frame: Frame
+
+
+def tenant_group(tenant_id: int) -> str:
+    return f"tenant.{tenant_id}.inbox"  # channels allows [A-Za-z0-9._-], < 100 chars
+
+
+def conversation_group(tenant_id: int, conversation_id: int) -> str:
+    return f"tenant.{tenant_id}.conversation.{conversation_id}"
+
+
+def user_group(user_id: int) -> str:
+    return f"user.{user_id}"
+
+
+def now_iso() -> str:
+    return timezone.now().isoformat().replace("+00:00", "Z")
+
+
+def frame(type_: str, data: Mapping[str, Any], *, seq: int | None, ts: str | None = None) -> Frame:
+    return {"type": type_, "data": dict(data), "ts": ts or now_iso(), "seq": seq}
+
+
+def event_frame(event: TenantEvent) -> Frame:
+    return frame(event.type, event.data, seq=event.seq, ts=event.created_at.isoformat().replace("+00:00", "Z"))
+
+
+def _next_seq(tenant_id: int) -> int:
+    """Increment the tenant's counter; the row lock is held until commit, which orders seq by commit."""
+    table = EventSequence._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {table} SET last_seq = last_seq + 1 WHERE tenant_id = %s RETURNING last_seq", [tenant_id]
+        )
+        row = cursor.fetchone()
+        if row is None:
+            # First event of this tenant: create the counter (a concurrent creator loses on the PK and retries).
+            try:
+                with transaction.atomic():
+                    cursor.execute(f"INSERT INTO {table} (tenant_id, last_seq) VALUES (%s, 1)", [tenant_id])
+                return 1
+            except IntegrityError:  # a concurrent first event created it; the row exists now
+                cursor.execute(
+                    f"UPDATE {table} SET last_seq = last_seq + 1 WHERE tenant_id = %s RETURNING last_seq", [tenant_id]
+                )
+                row = cursor.fetchone()
+                assert row is not None
+        return int(row[0])
+
+
+def emit(tenant_id: int, type_: str, data: Mapping[str, Any], *, conversation_id: int | None = None) -> TenantEvent:
+    """Log a durable event in the current transaction and broadcast it to the tenant group after commit.
+
+    Precondition: called inside transaction.atomic(), as late as possible in it (the tenant's counter row stays
+    locked from here to commit, serialising the tenant's writers for that time).
+    """
+    if type_ not in DURABLE_TYPES:
+        raise ValueError(f"{type_!r} is not a durable event type")
+    if not transaction.get_connection().in_atomic_block:
+        raise RuntimeError("events.emit() must run inside the transaction of the change it reports")
+    seq = _next_seq(tenant_id)
+    event = TenantEvent(tenant_id=tenant_id, seq=seq, type=type_, data=dict(data), conversation_id=conversation_id)
+    event.save(force_insert=True)
+    message: LayerEvent = {"type": LAYER_EVENT, "frame": event_frame(event)}
+    transaction.on_commit(lambda: group_send(tenant_group(tenant_id), message), robust=True)
+    return event
+
+
+def group_send(group: str, message: Mapping[str, Any]) -> None:
+    """Send to a group now. The layer is at-most-once: a lost durable event is recovered by the client's `sync`."""
+    layer = get_channel_layer()
+    if layer is None:
+        return
+    try:
+        async_to_sync(layer.group_send)(group, dict(message))
+    except Exception:  # Redis down: the write has committed; clients catch up from the event log
+        logger.warning("channel layer send to %s failed", group, exc_info=True)
+
+
+def send_ephemeral(group: str, type_: str, data: Mapping[str, Any]) -> None:
+    """Send a non-durable frame (typing, presence) to a group, from sync code."""
+    group_send(group, {"type": LAYER_EVENT, "frame": frame(type_, data, seq=None)})
+
+
+def send_revoke(user_id: int, *, tenant_id: int | None = None) -> None:
+    """Ask every socket of a user (optionally: of one tenant) to close with 4403, after the current commit."""
+    message = {"type": LAYER_REVOKE, "tenant_id": tenant_id}
+    transaction.on_commit(lambda: group_send(user_group(user_id), message), robust=True)

@@ -1,0 +1,265 @@
+"""The primitives every writer shares: contacts, conversations, appending a message, status and read markers."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Final
+
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from accounts.models import User
+from inbox import events
+from inbox.models import Contact, Conversation, ConversationStatus, Direction, Message, ReadMarker
+from inbox.serializers import conversation_data, message_data
+from inbox.status import StatusError, status_apply
+from tenants.models import Membership, Tenant, WhatsAppNumber
+
+
+class _Unset:
+    def __repr__(self) -> str:
+        return "UNSET"
+
+
+UNSET: Final = _Unset()
+
+
+@transaction.atomic
+def contact_upsert(*, tenant: Tenant, wa_id: str | None, bsuid: str | None, profile_name: str = "") -> Contact:
+    """Find the contact by business-scoped user id or phone (either may be missing), create it once, keep it current.
+
+    Two first messages from a new contact arriving at once create one contact: the loser of the unique
+    constraint re-reads the winner's row.
+    """
+    if not wa_id and not bsuid:
+        raise ValidationError("a contact needs a wa_id or a business-scoped user id")
+    query = Q()
+    if bsuid:
+        query |= Q(bsuid=bsuid)
+    if wa_id:
+        query |= Q(wa_id=wa_id)
+    contact = Contact.objects.filter(query).order_by("-bsuid").first()
+    if contact is None:
+        try:
+            with transaction.atomic():
+                contact = Contact.objects.create(
+                    tenant=tenant, wa_id=wa_id or None, bsuid=bsuid or None, profile_name=profile_name
+                )
+            return contact
+        except IntegrityError:
+            contact = Contact.objects.filter(query).order_by("-bsuid").first()
+            if contact is None:
+                raise
+    changed: list[str] = []
+    if profile_name and contact.profile_name != profile_name:
+        contact.profile_name = profile_name
+        changed.append("profile_name")
+    if wa_id and contact.wa_id != wa_id and not Contact.objects.filter(wa_id=wa_id).exclude(pk=contact.pk).exists():
+        contact.wa_id = wa_id
+        changed.append("wa_id")
+    if bsuid and contact.bsuid != bsuid and not Contact.objects.filter(bsuid=bsuid).exclude(pk=contact.pk).exists():
+        contact.bsuid = bsuid
+        changed.append("bsuid")
+    if changed:
+        contact.save(update_fields=[*changed, "updated_at"])
+    return contact
+
+
+@transaction.atomic
+def conversation_open_or_get(*, tenant: Tenant, number: WhatsAppNumber, contact: Contact) -> Conversation:
+    """The conversation of (number, contact), created once and returned locked (SELECT FOR UPDATE) until commit.
+
+    Holding the row lock serialises writers of one conversation, so its last-message fields stay consistent.
+    """
+    conversation = Conversation.objects.select_for_update().filter(number=number, contact=contact).first()
+    if conversation is None:
+        try:
+            with transaction.atomic():
+                Conversation.objects.create(tenant=tenant, number=number, contact=contact)
+        except IntegrityError:
+            pass  # created concurrently: lock the winner's row below
+        conversation = Conversation.objects.select_for_update().get(number=number, contact=contact)
+    return conversation
+
+
+def conversation_emit(conversation: Conversation) -> None:
+    """Log conversation:updated with the conversation as the REST API returns it."""
+    conversation = Conversation.objects.select_related("contact", "number", "assignee", "last_message").get(
+        pk=conversation.pk
+    )
+    events.emit(
+        conversation.tenant_id,
+        events.CONVERSATION_UPDATED,
+        conversation_data(conversation),
+        conversation_id=conversation.pk,
+    )
+
+
+def message_emit_new(message: Message) -> None:
+    message = Message.objects.select_related("sender", "tenant").prefetch_related("reactions").get(pk=message.pk)
+    events.emit(message.tenant_id, events.MESSAGE_NEW, message_data(message), conversation_id=message.conversation_id)
+
+
+def message_append(*, conversation: Conversation, message: Message) -> Message:
+    """Persist a new message in a conversation and log message:new and conversation:updated.
+
+    Precondition: inside transaction.atomic() with the conversation locked (conversation_open_or_get).
+    An inbound message reopens a resolved conversation and restarts the 24-hour window (by Meta's timestamp).
+    """
+    message.tenant_id = conversation.tenant_id
+    message.conversation = conversation
+    message.number_id = conversation.number_id
+    message.save(force_insert=True)
+    fields = ["updated_at"]
+    if conversation.last_message_at is None or message.wa_timestamp >= conversation.last_message_at:
+        conversation.last_message = message
+        conversation.last_message_at = message.wa_timestamp
+        fields += ["last_message", "last_message_at"]
+    if message.direction == Direction.INBOUND:
+        if conversation.last_inbound_at is None or message.wa_timestamp > conversation.last_inbound_at:
+            conversation.last_inbound_at = message.wa_timestamp
+            fields.append("last_inbound_at")
+        if conversation.status == ConversationStatus.RESOLVED:
+            conversation.status = ConversationStatus.OPEN
+            fields.append("status")
+    conversation.save(update_fields=fields)
+    message_emit_new(message)
+    conversation_emit(conversation)
+    return message
+
+
+def message_status_emit(message: Message) -> None:
+    data: dict[str, Any] = {
+        "message_id": message.pk,
+        "conversation_id": message.conversation_id,
+        "client_id": message.client_id,
+        "wa_message_id": message.wa_message_id,
+        "status": message.status,
+        "error": (
+            {"code": message.error_code, "title": message.error_title, "detail": message.error_detail}
+            if message.status == "failed"
+            else None
+        ),
+        "time": {
+            "sent": _iso(message.sent_at),
+            "delivered": _iso(message.delivered_at),
+            "read": _iso(message.read_at),
+            "failed": _iso(message.failed_at),
+        },
+    }
+    events.emit(message.tenant_id, events.MESSAGE_STATUS, data, conversation_id=message.conversation_id)
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat().replace("+00:00", "Z") if value else None
+
+
+@transaction.atomic
+def message_status_set(
+    *, message: Message, status: str, at: datetime | None = None, error: StatusError | None = None
+) -> bool:
+    """Apply a delivery status through the one monotonic rule (inbox/status.py); log message:status if it changed.
+
+    Locks the message row so concurrent status webhooks for it apply one after the other. Returns whether the
+    stored status changed.
+    """
+    locked = Message.objects.select_for_update().get(pk=message.pk)
+    transition = status_apply(
+        current=locked.status,
+        new=status,
+        at=at or timezone.now(),
+        known_times={f: getattr(locked, f) for f in ("sent_at", "delivered_at", "read_at", "failed_at")},
+        error=error,
+    )
+    fields: list[str] = []
+    for field, value in transition.time_fields.items():
+        setattr(locked, field, value)
+        fields.append(field)
+    if transition.changed:
+        locked.status = transition.status
+        fields.append("status")
+        if transition.error is not None:
+            locked.error_code = transition.error.code
+            locked.error_title = transition.error.title[:300]
+            locked.error_detail = transition.error.detail
+            fields += ["error_code", "error_title", "error_detail"]
+    if fields:
+        locked.save(update_fields=fields)
+    if transition.changed:
+        message_status_emit(locked)
+    # Keep the caller's instance current.
+    for field in fields:
+        setattr(message, field, getattr(locked, field))
+    return transition.changed
+
+
+@transaction.atomic
+def conversation_update(
+    *,
+    tenant: Tenant,
+    conversation: Conversation,
+    status: str | _Unset = UNSET,
+    assignee: User | None | _Unset = UNSET,
+) -> Conversation:
+    """Change a conversation's status and/or assignee; logs conversation:updated when something changed.
+
+    The assignee must be an active member of the tenant (ValidationError otherwise).
+    """
+    locked = Conversation.objects.select_for_update().get(pk=conversation.pk, tenant=tenant)
+    fields: list[str] = []
+    if not isinstance(status, _Unset) and status != locked.status:
+        if status not in ConversationStatus.values:
+            raise ValidationError({"status": f"must be one of {', '.join(ConversationStatus.values)}"})
+        locked.status = status
+        fields.append("status")
+    if not isinstance(assignee, _Unset) and (assignee.pk if assignee else None) != locked.assignee_id:
+        if (
+            assignee is not None
+            and not Membership.objects.filter(tenant=tenant, user=assignee, is_active=True).exists()
+        ):
+            raise ValidationError({"assignee": "is not an active member of this tenant"})
+        locked.assignee = assignee
+        fields.append("assignee")
+    if fields:
+        locked.save(update_fields=[*fields, "updated_at"])
+        conversation_emit(locked)
+    return locked
+
+
+@transaction.atomic
+def read_marker_set(*, tenant: Tenant, user: User, conversation: Conversation, message: Message) -> ReadMarker:
+    """Move the user's read marker of a conversation forward to `message` (never backwards); log message:read.
+
+    Marks the latest inbound message up to it as read at Meta (after commit), which also marks the earlier ones.
+    """
+    if message.conversation_id != conversation.pk or message.tenant_id != tenant.pk:
+        raise ValidationError({"message_id": "is not a message of this conversation"})
+    marker, _ = ReadMarker.objects.select_for_update().get_or_create(
+        tenant=tenant, user=user, conversation=conversation
+    )
+    current = marker.last_read_message
+    if current is not None and (current.wa_timestamp, current.pk) >= (message.wa_timestamp, message.pk):
+        return marker
+    marker.last_read_message = message
+    marker.last_read_at = message.wa_timestamp
+    marker.save()
+    events.emit(
+        tenant.pk,
+        events.MESSAGE_READ,
+        {"conversation_id": conversation.pk, "user_id": user.pk, "last_read_message_id": message.pk},
+        conversation_id=conversation.pk,
+    )
+    latest_inbound = (
+        Message.objects.filter(conversation=conversation, direction=Direction.INBOUND, wa_message_id__isnull=False)
+        .filter(Q(wa_timestamp__lt=message.wa_timestamp) | Q(wa_timestamp=message.wa_timestamp, pk__lte=message.pk))
+        .order_by("-wa_timestamp", "-pk")
+        .first()
+    )
+    if latest_inbound is not None:
+        from inbox.tasks import message_mark_read
+
+        message_id = latest_inbound.pk
+        transaction.on_commit(lambda: message_mark_read.delay(message_id), robust=True)
+    return marker
