@@ -15,6 +15,7 @@ from inbox import events
 from inbox.models import Contact, Conversation, ConversationStatus, Direction, Message, ReadMarker
 from inbox.serializers import conversation_data, message_data
 from inbox.status import StatusError, status_apply
+from inbox.tasking import enqueue_on_commit
 from tenants.models import Membership, Tenant, WhatsAppNumber
 
 
@@ -260,6 +261,5 @@ def read_marker_set(*, tenant: Tenant, user: User, conversation: Conversation, m
     if latest_inbound is not None:
         from inbox.tasks import message_mark_read
 
-        message_id = latest_inbound.pk
-        transaction.on_commit(lambda: message_mark_read.delay(message_id), robust=True)
+        enqueue_on_commit(message_mark_read, tenant_id=tenant.pk, message_id=latest_inbound.pk)
     return marker
