@@ -37,6 +37,18 @@ def _media_root(tmp_path_factory: pytest.TempPathFactory, settings) -> Iterator[
     yield
 
 
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup, django_db_blocker):  # type: ignore[no-untyped-def]
+    """Close the psycopg pool before the test database is dropped (pooled connections would keep it busy)."""
+    yield
+    from django.db import connections
+
+    with django_db_blocker.unblock():
+        for conn in connections.all():
+            if getattr(conn, "pool", None) is not None:
+                conn.close_pool()
+
+
 @pytest.fixture
 def require_postgres() -> None:
     """Concurrency tests need PostgreSQL's row locks: they fail (not skip) without it when CI demands services."""

@@ -46,6 +46,14 @@ class MessageAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     inlines = [ReactionInline]
 
 
+@admin.register(Reaction)
+class ReactionAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+    list_display = ("emoji", "message", "user", "reacted_at", "tenant")
+    list_filter = ("tenant",)
+    search_fields = ("emoji", "wa_message_id")
+    raw_id_fields = ("message", "user")
+
+
 @admin.register(MessageStatusEvent)
 class MessageStatusEventAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     list_display = ("wa_message_id", "status", "timestamp", "applied", "message", "tenant", "received_at")

@@ -50,6 +50,10 @@ class WhatsAppNumberForm(forms.ModelForm):  # type: ignore[type-arg]
         model = WhatsAppNumber
         fields = ("tenant", "phone_number_id", "display_phone_number", "label", "waba_id", "auth_error")
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._stored_secrets = {field: getattr(self.instance, field) for field in SECRET_FIELDS}
+
     def save(self, commit: bool = True) -> WhatsAppNumber:
         number = super().save(commit=False)
         for field in SECRET_FIELDS:
@@ -57,6 +61,8 @@ class WhatsAppNumberForm(forms.ModelForm):  # type: ignore[type-arg]
                 setattr(number, field, "")
             elif self.cleaned_data.get(field):
                 setattr(number, field, self.cleaned_data[field])
+            else:
+                setattr(number, field, self._stored_secrets[field])
         if commit:
             number.save()
         return number

@@ -19,7 +19,10 @@ def replay(sequence: list[str]) -> tuple[str, dict[str, datetime | None], Status
     error = None
     for i, status in enumerate(sequence):
         t = status_apply(
-            current=current, new=status, at=T0 + timedelta(seconds=i), known_times=times,
+            current=current,
+            new=status,
+            at=T0 + timedelta(seconds=i),
+            known_times=times,
             error=ERR if status == "failed" else None,
         )
         times.update(t.time_fields)
