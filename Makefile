@@ -8,7 +8,7 @@ PIP := $(VENV)/bin/pip
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test setup deps migrate demo worker lint check bench clean
+.PHONY: run test setup deps migrate demo worker lint check bench clean browser-deps
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,7 +33,11 @@ run: demo
 worker: setup
 	$(VENV)/bin/celery -A config worker -Q inbound,default -l info
 
-test: deps
+# The browser tests drive Debian's Chromium (Playwright's own browser download does not work here).
+browser-deps:
+	@test -x /usr/bin/chromium || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-noto-color-emoji; }
+
+test: deps browser-deps
 	$(VENV)/bin/ruff check .
 	$(PY) manage.py makemigrations --check --dry-run
 	$(PY) manage.py check
@@ -42,6 +46,19 @@ test: deps
 lint: deps
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+
+# Benchmarks (bench/README.md): PostgreSQL on 127.0.0.1:5432 (database inbox_bench, or BENCH_DATABASE_URL), a private
+# Redis and Daphne/Celery started on free loopback ports. `make bench` runs everything; SCEN=m1 (or m2..m10, floor,
+# scaleout) runs one scenario; QUICK=1 shortens every duration.
+bench: deps
+ifeq ($(SCEN),scaleout)
+	$(PY) -m bench.scaleout $(if $(QUICK),--quick)
+else ifeq ($(SCEN),)
+	$(PY) -m bench.run $(if $(QUICK),--quick)
+	$(PY) -m bench.scaleout $(if $(QUICK),--quick)
+else
+	$(PY) -m bench.run $(if $(QUICK),--quick) $(SCEN)
+endif
 
 clean:
 	rm -rf $(VENV) db.sqlite3 test-db.sqlite3 media

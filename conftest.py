@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import re
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -16,6 +19,8 @@ def pytest_configure(config: pytest.Config) -> None:
     # Tests run tasks inline unless a test starts a real worker; the broker path is covered by its own tests.
     celery_app.conf.task_always_eager = True
     celery_app.conf.task_eager_propagates = True
+    # The sandbox's delayed status ticks and send retries run inline (or wait for the sweeper), never in threads.
+    settings.WHATSAPP_BACKGROUND_TIMERS = False
     if os.environ.get("REQUIRE_SERVICES") == "1":
         # CI: a missing service fails the run; nothing silently falls back to SQLite or the in-memory layer.
         missing = [name for name in ("DATABASE_URL", "REDIS_URL") if not os.environ.get(name)]
@@ -77,3 +82,38 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.postgres)
         if "require_redis" in fixtures:
             item.add_marker(pytest.mark.redis)
+
+
+# --- No credential ever reaches a log line ------------------------------------------------------------------------
+# Every record logged during the suite is formatted with the production formatter and scanned at the end: a JWT,
+# an unredacted ticket/token query parameter or a bearer token fails the run.
+_LOG_LINES: list[str] = []
+_SECRET_IN_LOG = re.compile(
+    r"eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}"  # a JWT
+    r"|ticket=(?!\[redacted\])[A-Za-z0-9_-]{8,}"  # a WebSocket ticket in a URL
+    r"|Bearer\s+(?!\[redacted\])[A-Za-z0-9._~+/=-]{8,}"
+)
+
+
+class _CollectingHandler(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            _LOG_LINES.append(self.format(record))
+        except Exception:  # a broken record is not our concern here
+            pass
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    from config.observability import ContextFilter, JsonFormatter
+
+    handler = _CollectingHandler(level=logging.DEBUG)
+    handler.setFormatter(JsonFormatter())
+    handler.addFilter(ContextFilter())
+    logging.getLogger().addHandler(handler)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    leaks = [line for line in _LOG_LINES if _SECRET_IN_LOG.search(line)]
+    if leaks:
+        sys.stderr.write("\nCREDENTIALS FOUND IN LOG LINES:\n" + "\n".join(leaks[:10]) + "\n")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

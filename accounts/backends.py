@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from axes.backends import AxesBackend
 from django.contrib.auth.backends import ModelBackend
 from django.http import HttpRequest
 
@@ -28,3 +29,20 @@ class UsernameOrEmailBackend(ModelBackend):
         if user.check_password(password) and self.user_can_authenticate(user):
             return user
         return None
+
+
+class LockoutBackend(AxesBackend):
+    """django-axes' lockout check, first in AUTHENTICATION_BACKENDS, for the login page and the JWT endpoint alike.
+
+    DRF hands authenticate() its own Request wrapper; axes flags the request it is given and its middleware reads
+    the flag from Django's HttpRequest, so the wrapper is unwrapped here. Calls without a request (management
+    commands, the test client's login()) are not login attempts from the network and skip the check.
+    """
+
+    def authenticate(  # type: ignore[override]
+        self, request: HttpRequest | None, username: str | None = None, password: str | None = None, **kwargs: Any
+    ) -> User | None:
+        if request is None:
+            return None
+        http_request = getattr(request, "_request", request)
+        return super().authenticate(http_request, username=username, password=password, **kwargs)  # type: ignore[no-any-return]

@@ -10,6 +10,13 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 django_asgi_app = get_asgi_application()  # before importing anything that touches models
 
 from channels.routing import ProtocolTypeRouter  # noqa: E402
+from django.conf import settings  # noqa: E402
+
+if settings.DEBUG:
+    # Daphne serves no static files by itself: in development the inbox's CSS/JS come through Django's finders.
+    from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
+
+    django_asgi_app = ASGIStaticFilesHandler(django_asgi_app)  # type: ignore[assignment]
 
 from inbox.routing import websocket_application  # noqa: E402
 

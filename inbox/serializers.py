@@ -8,7 +8,7 @@ from typing import Any
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from .models import Contact, Conversation, Message
+from .models import Contact, Conversation, Message, SendState
 
 PREVIEW_CHARS = 120
 
@@ -90,6 +90,8 @@ class MessageOutputSerializer(serializers.ModelSerializer[Message]):
     reactions = serializers.SerializerMethodField()
     reply_to_id = serializers.IntegerField(read_only=True, allow_null=True)
     timestamp = serializers.DateTimeField(source="wa_timestamp", read_only=True)
+    # Blank for inbound messages (only outbound ones go through the outbox): the schema must allow "".
+    send_state = serializers.ChoiceField(choices=SendState.choices, allow_blank=True, read_only=True)
 
     class Meta:
         model = Message

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.utils.html import format_html
 
 from .models import WebhookEvent
@@ -24,6 +24,20 @@ class WebhookEventAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     )
     exclude = ("raw_body",)
     ordering = ("-received_at",)
+    actions = ["reprocess"]
+
+    @admin.action(description="Reprocess selected events (rejected ones are never processed)")
+    def reprocess(self, request, queryset):  # type: ignore[no-untyped-def]
+        from .services import webhook_reprocess
+
+        done = [webhook_reprocess(pk) for pk in queryset.values_list("pk", flat=True)]
+        states = [e.state for e in done if e is not None]
+        self.message_user(
+            request,
+            f"{len(states)} reprocessed ({states.count('processed')} processed, {states.count('failed')} failed); "
+            f"{len(done) - len(states)} skipped",
+            messages.INFO,
+        )
 
     @admin.display(description="raw body")
     def body(self, obj: WebhookEvent) -> str:

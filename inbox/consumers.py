@@ -1,0 +1,788 @@
+"""The tenant's WebSocket (PROTOCOL.md): authenticate, join groups, replay the event log, relay live frames.
+
+One consumer per socket at /ws/tenants/<slug>/. It never writes rows except through services (message:read →
+read_marker_set). Durable frames come from the tenant group (inbox.events.emit, after commit) and from the event
+log (`sync`); both paths meet in `_deliver`, which sends each `seq` once and in order:
+
+* the socket joins the tenant group *before* it reads the log head for `hello`, so an event committed during the
+  handshake is either at or below the head (replayed by `sync`) or above it (delivered live), never neither;
+* while a `sync` replays, live frames are buffered and then delivered through the same dedupe-by-seq path;
+* a live frame whose seq skips ahead (another process's send arrived first, or the layer dropped one) is
+  preceded by the missing seqs read from the log: seq N+1 commits only after N did, so N is readable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import random
+import time
+import uuid
+import weakref
+from dataclasses import dataclass
+from typing import Any, Final
+from urllib.parse import parse_qs, urlparse
+
+from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+from channels.security.websocket import OriginValidator
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.serializers.json import DjangoJSONEncoder
+from django.db.models import Min
+from django.http.cookie import parse_cookie
+
+from accounts.models import User
+from inbox import events, presence
+from inbox.models import Conversation, EventSequence, Message, TenantEvent
+from inbox.services import read_marker_set
+from tenants.models import Membership, Tenant
+from tenants.scoping import tenant_scope
+from tenants.selectors import membership_get
+from tenants.tickets import ticket_consume
+
+logger = logging.getLogger(__name__)
+
+# Close codes (PROTOCOL.md "Connecting").
+CLOSE_UNAUTHENTICATED: Final = 4401
+CLOSE_FORBIDDEN: Final = 4403
+CLOSE_ABUSE: Final = 4429
+
+MAX_FRAME_BYTES: Final = 64 * 1024  # Daphne enforces it too (--websocket-max-message-size, closes with 1009)
+REPLAY_PAGE: Final = 500
+MAX_BUFFERED: Final = 10_000  # live frames held during a replay
+MAX_JOINED: Final = 50  # conversations one socket may view at once
+
+# Ephemeral wire type added to protocol v1 (backward compatible; see docs/realtime.md).
+CONVERSATION_VIEWERS: Final = "conversation:viewers"
+
+
+def _setting(name: str, default: float) -> float:
+    return float(getattr(settings, name, default))
+
+
+class FrameError(Exception):
+    """A client frame that is refused: answered with an `error` frame, changes nothing."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass
+class TokenBucket:
+    capacity: float
+    rate: float  # tokens per second
+    tokens: float
+    at: float
+
+    @classmethod
+    def full(cls, capacity: float, rate: float) -> TokenBucket:
+        return cls(capacity=capacity, rate=rate, tokens=capacity, at=time.monotonic())
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.capacity, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        return False
+
+
+def origin_allowed(scope: dict[str, Any]) -> bool | None:
+    """True/False for an allowed/foreign Origin header, None when there is none."""
+    raw = next((value for name, value in scope.get("headers", []) if name == b"origin"), None)
+    if raw is None:
+        return None
+    try:
+        parsed = urlparse(raw.decode("latin1"))
+    except UnicodeDecodeError:
+        return False
+    return bool(OriginValidator(None, settings.ALLOWED_ORIGINS).valid_origin(parsed))
+
+
+def ticket_param(scope: dict[str, Any]) -> str | None:
+    """The handshake's `?ticket=` (the first one), or None when there is none or it is empty."""
+    tickets = parse_qs(scope.get("query_string", b"").decode("latin1")).get("ticket")
+    return tickets[0] if tickets else None
+
+
+def has_session_cookie(scope: dict[str, Any]) -> bool:
+    """Whether the handshake carries Django's session cookie (whatever its value)."""
+    for name, value in scope.get("headers", []):
+        if name == b"cookie" and settings.SESSION_COOKIE_NAME in parse_cookie(value.decode("latin1")):
+            return True
+    return False
+
+
+def handshake_refused(scope: dict[str, Any]) -> bool:
+    """Whether the handshake is refused before accept (HTTP 403), PROTOCOL.md "Connecting".
+
+    A foreign Origin, whatever the credentials; and a session cookie without an Origin and without a ticket: a
+    cookie is only trusted from our own pages, and browsers always send Origin, so that handshake is either forged
+    or a client that should use a ticket. With a ticket the cookie is ignored, so it may come without an Origin.
+    """
+    origin = origin_allowed(scope)
+    if origin is False:
+        return True
+    return origin is None and ticket_param(scope) is None and has_session_cookie(scope)
+
+
+def credential_stamp(password: str) -> str:
+    """A fingerprint of the user's password hash, taken when the socket authenticates.
+
+    It changes when the password does (and when Django re-hashes it, which also ends the user's sessions): a socket
+    whose stamp no longer matches the database closes with 4403, like one whose membership was revoked.
+    """
+    return hashlib.sha256(password.encode("utf-8", "replace")).hexdigest()
+
+
+# --- Database work (runs in Django's sync thread; every query inside the tenant's scope) ------------------------
+
+
+def _authenticate(scope: dict[str, Any], slug: str) -> tuple[Membership | None, int, str]:
+    """The socket's membership and credential stamp, or None with the close code: 4401 no valid credentials, 4403
+    not a member. The stamp comes from the user row the credentials were checked against (the ticket's, or the one
+    whose session hash the auth middleware verified), so a password change racing the handshake is caught by the
+    re-check after the socket joined its groups."""
+    ticket = ticket_param(scope)
+    if ticket is not None:
+        # Ticket clients need no cookie and may send no Origin; a foreign Origin never got this far (403).
+        user = ticket_consume(token=ticket, tenant_slug=slug)
+        if user is None:
+            return None, CLOSE_UNAUTHENTICATED, ""
+        return membership_get(user=user, tenant_slug=slug), CLOSE_FORBIDDEN, credential_stamp(user.password)
+    # A cookie is sent by the browser whatever page opened the socket: trust it only from our own origins.
+    # (routing.ForeignOriginGuard refuses a cookie without an Origin with 403 already; this is the second line.)
+    if origin_allowed(scope) is not True:
+        return None, CLOSE_UNAUTHENTICATED, ""
+    user = scope.get("user")
+    if user is None or not user.is_authenticated:
+        return None, CLOSE_UNAUTHENTICATED, ""
+    return membership_get(user=user, tenant_slug=slug), CLOSE_FORBIDDEN, credential_stamp(user.password)
+
+
+def _allowed_stamps(tenant_id: int, user_ids: set[int]) -> dict[int, str]:
+    """For those of these users who are still active members: the stamp of their current password."""
+    with tenant_scope(tenant_id):
+        rows = Membership.objects.filter(user_id__in=user_ids, is_active=True, user__is_active=True).values_list(
+            "user_id", "user__password"
+        )
+        return {user_id: credential_stamp(password) for user_id, password in rows}
+
+
+def _still_allowed(tenant_id: int, user_id: int, stamp: str) -> bool:
+    """Still an active member of an active account, with the password the socket authenticated with."""
+    return _allowed_stamps(tenant_id, {user_id}).get(user_id) == stamp
+
+
+def _handshake_state(tenant_id: int, user_id: int, stamp: str) -> tuple[bool, int]:
+    """(still allowed, log head), read after the socket joined its groups: a revocation committed during the
+    handshake either shows here or sends its notice to a socket that already listens."""
+    return _still_allowed(tenant_id, user_id, stamp), _head(tenant_id)
+
+
+def _head(tenant_id: int) -> int:
+    with tenant_scope(tenant_id):
+        last = EventSequence.objects.filter(tenant_id=tenant_id).values_list("last_seq", flat=True).first()
+    return int(last or 0)
+
+
+def _sync_gap(tenant_id: int, since: int) -> tuple[bool, int]:
+    """(whether events after `since` are no longer all retained, the head)."""
+    head = _head(tenant_id)
+    if since > head:
+        return True, head  # a seq the log never reached: the client's state is from another log
+    if since == head:
+        return False, head
+    with tenant_scope(tenant_id):
+        oldest = TenantEvent.objects.aggregate(oldest=Min("seq"))["oldest"]
+    return oldest is None or oldest > since + 1, head
+
+
+def _events_after(tenant_id: int, after: int, upto: int | None, limit: int) -> list[events.Frame]:
+    with tenant_scope(tenant_id):
+        rows = TenantEvent.objects.filter(seq__gt=after)
+        if upto is not None:
+            rows = rows.filter(seq__lte=upto)
+        return [events.event_frame(e) for e in rows.order_by("seq")[:limit]]
+
+
+def _conversation_exists(tenant_id: int, conversation_id: int) -> bool:
+    with tenant_scope(tenant_id):
+        return Conversation.objects.filter(pk=conversation_id).exists()
+
+
+def _read(tenant_id: int, user_id: int, conversation_id: int, message_id: int) -> None:
+    with tenant_scope(tenant_id):
+        conversation = Conversation.objects.filter(pk=conversation_id).first()
+        if conversation is None:
+            raise FrameError("not_found", "no such conversation")
+        message = Message.objects.filter(pk=message_id, conversation=conversation).first()
+        if message is None:
+            raise FrameError("not_found", "no such message in this conversation")
+        tenant = Tenant.objects.get(pk=tenant_id)
+        user = User.objects.get(pk=user_id)
+        try:
+            read_marker_set(tenant=tenant, user=user, conversation=conversation, message=message)
+        except ValidationError as exc:
+            raise FrameError("invalid", "; ".join(exc.messages)) from exc
+
+
+def _int_field(data: dict[str, Any], name: str, *, minimum: int = 1) -> int:
+    value = data.get(name)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum or value > 2**63 - 1:
+        raise FrameError("bad_data", f"data.{name} must be an integer >= {minimum}")
+    return value
+
+
+_background: set[asyncio.Task[None]] = set()  # offline announcements that outlive their socket
+_last_reap: dict[int, float] = {}  # tenant id → when this process last reaped it
+
+
+def _reap_due(tenant_id: int, interval: float) -> bool:
+    now = time.monotonic()
+    if now - _last_reap.get(tenant_id, float("-inf")) < interval * 0.5:
+        return False
+    _last_reap[tenant_id] = now
+    return True
+
+
+class InboxConsumer(AsyncWebsocketConsumer):
+    tenant_id: int
+    user_id: int
+
+    async def connect(self) -> None:
+        self.authenticated = False
+        self.closing = False
+        slug = self.scope["url_route"]["kwargs"]["slug"]
+        membership, code, stamp = await database_sync_to_async(_authenticate)(self.scope, slug)
+        if membership is None:
+            # Accept, then close with a code the client can act on (PROTOCOL.md): 4401 re-authenticate, 4403 no.
+            await self.accept()
+            await self.close(code=code)
+            return
+        tenant, user = membership.tenant, membership.user
+        self.tenant_id, self.user_id = tenant.pk, user.pk
+        self.user_name = user.name
+        self.stamp = stamp
+        self.conn_id = uuid.uuid4().hex
+        self.delivered = 0  # highest seq sent to this client, in order
+        # Until the client's first `sync` (or FIRST_SYNC_WAIT without one) live durable frames are buffered: a
+        # frame sent before the replay of older ones would arrive out of order.
+        self.syncing = True
+        self.first_sync = True
+        self.buffer: list[events.Frame] = []
+        self.deliver_lock = asyncio.Lock()
+        self.sync_task: asyncio.Task[None] | None = None
+        self.first_wait: asyncio.Task[None] | None = None
+        self.loop_task: asyncio.Task[None] | None = None
+        self.viewing: set[int] = set()
+        self.typing: dict[int, tuple[float, asyncio.Task[None]]] = {}  # conversation → (last broadcast, expiry)
+        self.bucket = TokenBucket.full(_setting("WS_RATE_BURST", 40), _setting("WS_RATE_PER_SECOND", 20))
+        self.strikes = TokenBucket.full(_setting("WS_RATE_STRIKES", 20), _setting("WS_RATE_STRIKE_DECAY", 1))
+        # Join before reading the head: an event committed from here on is above the head or arrives live.
+        for group in (events.tenant_group(self.tenant_id), events.user_group(self.user_id)):
+            await self.channel_layer.group_add(group, self.channel_name)
+            self.groups.append(group)
+        await self.accept()
+        allowed, self.delivered = await database_sync_to_async(_handshake_state)(
+            self.tenant_id, self.user_id, self.stamp
+        )
+        if not allowed:  # revoked (or the password changed) while connecting: its notice may predate the join
+            await self._shutdown(CLOSE_FORBIDDEN)
+            return
+        self.authenticated = True
+        became_online = await self._presence(presence.connection_touch, self.tenant_id, self.user_id, self.conn_id)
+        online = await self._presence(presence.online_user_ids, self.tenant_id)
+        await self._send_frame(
+            events.frame(
+                "hello",
+                {
+                    "protocol": 1,
+                    "user": {"id": user.pk, "name": user.name, "username": user.username},
+                    "tenant": {"id": tenant.pk, "slug": tenant.slug, "name": tenant.name},
+                    "role": membership.role,
+                    "seq": self.delivered,
+                    "server_time": events.now_iso(),
+                    "online_user_ids": sorted(online or {self.user_id}),
+                    "limits": {
+                        "max_frame_bytes": MAX_FRAME_BYTES,
+                        "typing_expires_in": int(_setting("TYPING_TTL", 6.0) * 1000),
+                    },
+                },
+                seq=None,
+            )
+        )
+        if became_online:  # to the others: hello told this socket already
+            await self._group_ephemeral(
+                events.tenant_group(self.tenant_id), events.USER_ONLINE, {"user_id": user.pk}, exclude_self=True
+            )
+        self.loop_task = asyncio.create_task(self._maintain())
+        _sweeper().add(self)
+        self.first_wait = asyncio.create_task(self._live_without_sync())
+
+    async def disconnect(self, code: int) -> None:
+        if not getattr(self, "authenticated", False):
+            return
+        self.authenticated = False
+        _sweeper().discard(self)
+        tasks = [self.loop_task, self.sync_task, self.first_wait, *(task for _, task in self.typing.values())]
+        for task in tasks:
+            if task is not None and task is not asyncio.current_task():
+                task.cancel()
+        try:
+            for conversation_id in list(self.typing):
+                await self._typing_broadcast(conversation_id, events.TYPING_STOP)
+            for conversation_id in list(self.viewing):
+                await self._presence(
+                    presence.conversation_unview, self.tenant_id, conversation_id, self.user_id, self.conn_id
+                )
+                await self._broadcast_viewers(conversation_id)
+            await self._presence(presence.connection_drop, self.tenant_id, self.user_id, self.conn_id)
+        except Exception:
+            logger.warning("socket clean-up failed", exc_info=True)
+        grace = presence.offline_grace()
+        if grace <= 0:
+            await _settle(self.channel_layer, self.tenant_id, self.user_id, 0)
+        else:
+            task = asyncio.create_task(_settle(self.channel_layer, self.tenant_id, self.user_id, grace))
+            _background.add(task)
+            task.add_done_callback(_background.discard)
+
+    # --- client → server --------------------------------------------------------------------------------------
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if not getattr(self, "authenticated", False) or self.closing:
+            return
+        if not self.bucket.take():
+            if not self.strikes.take():
+                await self._shutdown(CLOSE_ABUSE)
+                return
+            await self._error("rate_limited", "too many frames; slow down", None)
+            return
+        if text_data is None:
+            await self._error("bad_frame", "binary frames are not supported; send JSON text", None)
+            return
+        if len(text_data) > MAX_FRAME_BYTES or len(text_data.encode("utf-8", "replace")) > MAX_FRAME_BYTES:
+            await self._error("too_large", f"frames are limited to {MAX_FRAME_BYTES} bytes", None)
+            return
+        try:
+            content = json.loads(text_data)
+        except (ValueError, RecursionError):  # RecursionError: "[[[[…" nested deeper than the parser goes
+            await self._error("bad_json", "the frame is not valid JSON", None)
+            return
+        if not isinstance(content, dict) or not isinstance(content.get("type"), str):
+            await self._error("bad_frame", 'a frame is an object {"type": "...", "data": {...}}', None)
+            return
+        type_ = content["type"][:64]
+        data = content.get("data", {})
+        if data is None:
+            data = {}
+        handler = self.client_handlers.get(type_)
+        if handler is None:
+            await self._error("unknown_type", f"unknown frame type {type_!r}", type_)
+            return
+        if not isinstance(data, dict):
+            await self._error("bad_data", "data must be an object", type_)
+            return
+        try:
+            await handler(self, data)
+        except FrameError as exc:
+            await self._error(exc.code, exc.message, type_)
+        except Exception:
+            # PROTOCOL.md guarantee 5: a frame never takes the socket (or the process) down.
+            logger.exception("handling a %s frame failed", type_)
+            await self._error("internal", "the frame could not be handled", type_)
+
+    async def on_ping(self, data: dict[str, Any]) -> None:
+        await self._send_frame(events.frame("pong", {}, seq=None))
+
+    async def on_sync(self, data: dict[str, Any]) -> None:
+        since = _int_field(data, "since", minimum=0)
+        if self.sync_task is not None and not self.sync_task.done():
+            raise FrameError("sync_in_progress", "a sync is already running; wait for sync:done")
+        if self.first_wait is not None:
+            self.first_wait.cancel()  # the first sync has come
+            self.first_wait = None
+        self.syncing = True  # from here live frames are buffered (before the task first runs)
+        self.sync_task = asyncio.create_task(self._run_sync(since))
+
+    async def on_conversation_join(self, data: dict[str, Any]) -> None:
+        conversation_id = _int_field(data, "conversation_id")
+        if conversation_id not in self.viewing:
+            if len(self.viewing) >= MAX_JOINED:
+                raise FrameError("too_many", f"at most {MAX_JOINED} conversations can be joined at once")
+            # Another tenant's id gets the same answer as an unknown one.
+            if not await database_sync_to_async(_conversation_exists)(self.tenant_id, conversation_id):
+                raise FrameError("not_found", "no such conversation")
+            group = events.conversation_group(self.tenant_id, conversation_id)
+            await self.channel_layer.group_add(group, self.channel_name)
+            self.groups.append(group)
+            self.viewing.add(conversation_id)
+        await self._presence(presence.conversation_view, self.tenant_id, conversation_id, self.user_id, self.conn_id)
+        await self._broadcast_viewers(conversation_id)
+
+    async def on_conversation_leave(self, data: dict[str, Any]) -> None:
+        conversation_id = _int_field(data, "conversation_id")
+        if conversation_id not in self.viewing:
+            raise FrameError("not_joined", "that conversation was not joined")
+        if conversation_id in self.typing:
+            self.typing.pop(conversation_id)[1].cancel()
+            await self._typing_broadcast(conversation_id, events.TYPING_STOP)
+        group = events.conversation_group(self.tenant_id, conversation_id)
+        await self.channel_layer.group_discard(group, self.channel_name)
+        self.groups.remove(group)
+        self.viewing.discard(conversation_id)
+        await self._presence(presence.conversation_unview, self.tenant_id, conversation_id, self.user_id, self.conn_id)
+        await self._broadcast_viewers(conversation_id)
+
+    async def on_typing_start(self, data: dict[str, Any]) -> None:
+        conversation_id = self._joined(data)
+        now = time.monotonic()
+        last, expiry = self.typing.get(conversation_id, (None, None))
+        if expiry is not None:
+            expiry.cancel()
+        # Clients send a start per keystroke: rebroadcast at most once per throttle period, but keep it alive.
+        if last is None or now - last >= _setting("TYPING_THROTTLE", 2.0):
+            await self._typing_broadcast(conversation_id, events.TYPING_START)
+            last = now
+        self.typing[conversation_id] = (last, asyncio.create_task(self._typing_expire(conversation_id)))
+
+    async def on_typing_stop(self, data: dict[str, Any]) -> None:
+        conversation_id = self._joined(data)
+        if conversation_id in self.typing:
+            self.typing.pop(conversation_id)[1].cancel()
+            await self._typing_broadcast(conversation_id, events.TYPING_STOP)
+
+    async def on_message_read(self, data: dict[str, Any]) -> None:
+        conversation_id = _int_field(data, "conversation_id")
+        message_id = _int_field(data, "message_id")
+        # The service logs message:read, which comes back to every socket of the tenant, this one included.
+        await database_sync_to_async(_read)(self.tenant_id, self.user_id, conversation_id, message_id)
+
+    client_handlers: Final = {
+        "ping": on_ping,
+        "sync": on_sync,
+        "conversation:join": on_conversation_join,
+        "conversation:leave": on_conversation_leave,
+        "typing:start": on_typing_start,
+        "typing:stop": on_typing_stop,
+        "message:read": on_message_read,
+    }
+
+    # --- channel layer → server ---------------------------------------------------------------------------------
+
+    async def inbox_event(self, event: dict[str, Any]) -> None:
+        if not getattr(self, "authenticated", False) or self.closing:
+            return
+        if event.get("tenant_id", self.tenant_id) != self.tenant_id:
+            return  # belt and braces: groups are per tenant already
+        frame: events.Frame = event["frame"]
+        if frame.get("seq") is None:
+            if event.get("exclude_user") == self.user_id or event.get("exclude_channel") == self.channel_name:
+                return  # typing goes to the other viewers, not to the typist's own tabs
+            await self._send_frame(frame)
+            return
+        if self.syncing:
+            if len(self.buffer) < MAX_BUFFERED:
+                self.buffer.append(frame)
+            # else: dropped here, recovered from the log by the next frame's gap fill or the periodic catch-up
+            return
+        async with self.deliver_lock:
+            await self._deliver(frame)
+
+    async def inbox_revoke(self, event: dict[str, Any]) -> None:
+        if not getattr(self, "authenticated", False) or self.closing:
+            return
+        if event.get("tenant_id") not in (None, self.tenant_id):
+            return
+        # The notice says "look again"; the database (committed before the notice was sent) has the answer.
+        if not await database_sync_to_async(_still_allowed)(self.tenant_id, self.user_id, self.stamp):
+            await self._shutdown(CLOSE_FORBIDDEN)
+
+    # --- durable delivery ----------------------------------------------------------------------------------------
+
+    async def _deliver(self, frame: events.Frame) -> None:
+        """Send one durable frame unless already sent; fill a gap before it from the log. Hold deliver_lock."""
+        seq = frame["seq"]
+        assert seq is not None
+        if seq <= self.delivered:
+            return
+        if seq > self.delivered + 1:
+            await self._replay(upto=seq - 1)
+            if seq <= self.delivered:
+                return
+            if seq > self.delivered + 1:
+                logger.warning("tenant %s: seqs %s..%s missing from the log", self.tenant_id, self.delivered + 1, seq)
+        await self._send_frame(frame)
+        self.delivered = seq
+
+    async def _replay(self, upto: int | None) -> None:
+        while True:
+            frames = await database_sync_to_async(_events_after)(self.tenant_id, self.delivered, upto, REPLAY_PAGE)
+            for frame in frames:
+                if self.closing:
+                    return
+                await self._send_frame(frame)
+                self.delivered = int(frame["seq"] or 0)
+            if len(frames) < REPLAY_PAGE:
+                return
+
+    async def _drain(self) -> None:
+        """Deliver buffered live frames (hold deliver_lock)."""
+        while self.buffer:
+            frames = sorted(self.buffer, key=lambda f: f["seq"] or 0)
+            self.buffer.clear()
+            for frame in frames:
+                await self._deliver(frame)
+
+    async def _run_sync(self, since: int) -> None:
+        try:
+            async with self.deliver_lock:
+                gap, head = await database_sync_to_async(_sync_gap)(self.tenant_id, since)
+                if gap:
+                    await self._error(
+                        "sync_gap",
+                        "events after that seq are no longer retained: reload over the REST API, then sync from seq",
+                        "sync",
+                        seq=head,
+                    )
+                else:
+                    # Replay what the client asks for, even if some of it went out on this socket already: a
+                    # client that drops a frame must be able to get it back, and clients drop seq <= last seen.
+                    self.delivered = since
+                    await self._replay(upto=None)
+                    await self._drain()
+                    await self._send_frame(events.frame("sync:done", {"seq": self.delivered}, seq=None))
+                await self._drain()
+                self.syncing = False  # no await between the last drain and this: nothing slips past the buffer
+                self.first_sync = False
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("sync failed")
+            self.syncing = False
+            self.first_sync = False
+            self.buffer.clear()
+            await self._error("internal", "sync failed; retry", "sync")
+
+    async def _live_without_sync(self) -> None:
+        """A client that sends no `sync` soon after hello gets live frames from the hello head on."""
+        await asyncio.sleep(_setting("WS_FIRST_SYNC_WAIT", 5.0))
+        self.first_wait = None  # past this point a sync no longer cancels this task, it waits for the lock
+        async with self.deliver_lock:
+            if self.first_sync and self.sync_task is None:
+                await self._drain()
+                self.syncing = False
+                self.first_sync = False
+
+    # --- periodic: heartbeat, reap, re-check, catch-up -------------------------------------------------------
+
+    async def _maintain(self) -> None:
+        """Heartbeat this socket's presence (and its conversations'), and reap the tenant's lapsed sockets."""
+        while True:
+            interval = presence.heartbeat_interval()
+            await asyncio.sleep(interval * random.uniform(0.8, 1.0))
+            try:
+                if await self._presence(presence.connection_touch, self.tenant_id, self.user_id, self.conn_id):
+                    await self._group_ephemeral(
+                        events.tenant_group(self.tenant_id), events.USER_ONLINE, {"user_id": self.user_id}
+                    )
+                for conversation_id in list(self.viewing):
+                    await self._presence(
+                        presence.conversation_view, self.tenant_id, conversation_id, self.user_id, self.conn_id
+                    )
+                # Any live process reaps its tenants, so a dead process's users go offline without celery beat;
+                # once per heartbeat per process and tenant, not once per socket.
+                if _reap_due(self.tenant_id, interval):
+                    for user_id in await self._presence(presence.tenant_reap, self.tenant_id) or ():
+                        await self._group_ephemeral(
+                            events.tenant_group(self.tenant_id), events.USER_OFFLINE, {"user_id": user_id}
+                        )
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.warning("socket maintenance failed", exc_info=True)
+
+    async def catch_up(self) -> None:
+        """Send what the log has beyond what this socket sent (the layer is at-most-once)."""
+        async with self.deliver_lock:
+            if not self.syncing and not self.closing:
+                await self._replay(upto=None)
+
+    # --- helpers ---------------------------------------------------------------------------------------------
+
+    def _joined(self, data: dict[str, Any]) -> int:
+        conversation_id = _int_field(data, "conversation_id")
+        if conversation_id not in self.viewing:
+            raise FrameError("not_joined", "send conversation:join for that conversation first")
+        return conversation_id
+
+    async def _typing_expire(self, conversation_id: int) -> None:
+        await asyncio.sleep(_setting("TYPING_TTL", 6.0))
+        if self.typing.get(conversation_id, (None, None))[1] is asyncio.current_task():
+            del self.typing[conversation_id]
+            await self._typing_broadcast(conversation_id, events.TYPING_STOP)
+
+    async def _typing_broadcast(self, conversation_id: int, type_: str) -> None:
+        data: dict[str, Any] = {"conversation_id": conversation_id, "user_id": self.user_id, "name": self.user_name}
+        if type_ == events.TYPING_START:
+            data["expires_in"] = int(_setting("TYPING_TTL", 6.0) * 1000)
+        await self._group_ephemeral(
+            events.conversation_group(self.tenant_id, conversation_id), type_, data, exclude_user=self.user_id
+        )
+
+    async def _broadcast_viewers(self, conversation_id: int) -> None:
+        viewers = await self._presence(presence.conversation_viewer_ids, self.tenant_id, conversation_id)
+        await self._group_ephemeral(
+            events.conversation_group(self.tenant_id, conversation_id),
+            CONVERSATION_VIEWERS,
+            {"conversation_id": conversation_id, "user_ids": sorted(viewers or ())},
+        )
+
+    async def _group_ephemeral(
+        self,
+        group: str,
+        type_: str,
+        data: dict[str, Any],
+        *,
+        exclude_user: int | None = None,
+        exclude_self: bool = False,
+    ) -> None:
+        message: dict[str, Any] = {
+            "type": events.LAYER_EVENT,
+            "tenant_id": self.tenant_id,
+            "frame": events.frame(type_, data, seq=None),
+        }
+        if exclude_user is not None:
+            message["exclude_user"] = exclude_user
+        if exclude_self:
+            message["exclude_channel"] = self.channel_name
+        try:
+            await self.channel_layer.group_send(group, message)
+        except Exception:
+            logger.warning("channel layer send to %s failed", group, exc_info=True)
+
+    async def _presence(self, func: Any, *args: Any) -> Any:
+        """Presence calls block on Redis: run them off the event loop, outside Django's DB thread."""
+        try:
+            return await sync_to_async(func, thread_sensitive=False)(*args)
+        except Exception:
+            logger.warning("presence store unavailable", exc_info=True)
+            return None
+
+    async def _send_frame(self, frame: events.Frame | dict[str, Any]) -> None:
+        if self.closing:
+            return
+        await self.send(text_data=json.dumps(frame, cls=DjangoJSONEncoder))
+
+    async def _error(self, code: str, message: str, ref: str | None, **extra: Any) -> None:
+        await self._send_frame(events.frame("error", {"code": code, "message": message, "ref": ref, **extra}, seq=None))
+
+    async def _shutdown(self, code: int) -> None:
+        """Close now and send nothing more (revocation, abuse)."""
+        if self.closing:
+            return
+        self.closing = True
+        await self.close(code=code)
+        for group in list(self.groups):
+            await self.channel_layer.group_discard(group, self.channel_name)
+
+
+class Sweeper:
+    """One per server process (event loop): re-checks every local socket with two queries per tenant.
+
+    Every WS_RECHECK_SECONDS it closes (4403) the sockets whose user is no longer an active member or has changed
+    password since the socket authenticated, the hard bound for revocation should a revoke notice be lost (or the
+    change bypass signals), and makes sockets behind the log head catch up, should the
+    channel layer have dropped a frame. One query per socket would cost thousands of queries a second.
+    """
+
+    def __init__(self) -> None:
+        self.sockets: set[InboxConsumer] = set()
+        self.task: asyncio.Task[None] | None = None
+        self.spawned: set[asyncio.Task[None]] = set()
+
+    def add(self, socket: InboxConsumer) -> None:
+        self.sockets.add(socket)
+        if self.task is None or self.task.done():
+            self.task = asyncio.create_task(self._run())
+
+    def discard(self, socket: InboxConsumer) -> None:
+        self.sockets.discard(socket)
+        if not self.sockets and self.task is not None:
+            self.task.cancel()
+            self.task = None
+
+    async def _run(self) -> None:
+        while self.sockets:
+            await asyncio.sleep(_setting("WS_RECHECK_SECONDS", 30.0))
+            try:
+                await self.sweep()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.warning("socket re-check failed", exc_info=True)
+
+    async def sweep(self) -> None:
+        by_tenant: dict[int, list[InboxConsumer]] = {}
+        for socket in list(self.sockets):
+            if socket.authenticated and not socket.closing:
+                by_tenant.setdefault(socket.tenant_id, []).append(socket)
+        if not by_tenant:
+            return
+        users = {tenant_id: {s.user_id for s in sockets} for tenant_id, sockets in by_tenant.items()}
+        states = await database_sync_to_async(_tenant_states)(users)
+        for tenant_id, sockets in by_tenant.items():
+            allowed, head = states[tenant_id]
+            for socket in sockets:
+                if allowed.get(socket.user_id) != socket.stamp:
+                    self._spawn(socket._shutdown(CLOSE_FORBIDDEN))
+                elif head > socket.delivered and not socket.syncing:
+                    self._spawn(socket.catch_up())
+
+    def _spawn(self, coroutine: Any) -> None:
+        task = asyncio.create_task(coroutine)
+        self.spawned.add(task)
+        task.add_done_callback(self.spawned.discard)
+
+
+_sweepers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Sweeper] = weakref.WeakKeyDictionary()
+
+
+def _sweeper() -> Sweeper:
+    loop = asyncio.get_running_loop()
+    if loop not in _sweepers:
+        _sweepers[loop] = Sweeper()
+    return _sweepers[loop]
+
+
+def _tenant_states(users: dict[int, set[int]]) -> dict[int, tuple[dict[int, str], int]]:
+    """For each tenant: which of these users are still active members (with their credential stamps), and the head."""
+    return {
+        tenant_id: (_allowed_stamps(tenant_id, user_ids), _head(tenant_id)) for tenant_id, user_ids in users.items()
+    }
+
+
+async def _settle(layer: Any, tenant_id: int, user_id: int, delay: float) -> None:
+    """After the grace period, announce the user offline if no socket of theirs is left on any process."""
+    if delay > 0:
+        await asyncio.sleep(delay)
+    try:
+        if await sync_to_async(presence.user_settle, thread_sensitive=False)(tenant_id, user_id):
+            await layer.group_send(
+                events.tenant_group(tenant_id),
+                {
+                    "type": events.LAYER_EVENT,
+                    "tenant_id": tenant_id,
+                    "frame": events.frame(events.USER_OFFLINE, {"user_id": user_id}, seq=None),
+                },
+            )
+    except Exception:
+        logger.warning("presence settle failed", exc_info=True)

@@ -1,0 +1,114 @@
+"""Who may call a tenant route: resolved on every request from the database, never from token claims.
+
+`/api/tenants/<slug>/...` resolves <slug> to the requesting user's ACTIVE membership each time, so removing a member
+or deactivating a user takes effect on the very next request. An unknown tenant and a tenant the user is not a
+member of both answer 404 (no oracle for which tenants exist). Admin-only actions answer 403 to agents.
+`TenantApiView` then runs the handler inside the tenant's scope (tenants/scoping.py).
+"""
+
+from __future__ import annotations
+
+from contextlib import ExitStack
+from typing import Any, ClassVar
+
+from django.conf import settings
+from rest_framework import exceptions
+from rest_framework.parsers import JSONParser
+from rest_framework.permissions import BasePermission, IsAuthenticated
+from rest_framework.renderers import JSONRenderer
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.throttling import ScopedRateThrottle
+from rest_framework.views import APIView
+
+from inbox.api_errors import PayloadTooLarge
+from tenants.models import Membership, Tenant
+from tenants.scoping import tenant_scope
+from tenants.selectors import membership_get
+
+
+class TenantMember(BasePermission):
+    """The user is an active member of the tenant in the URL; sets request.membership and request.tenant."""
+
+    def has_permission(self, request: Request, view: APIView) -> bool:
+        user = request.user
+        if not user or not user.is_authenticated:
+            return False
+        membership = membership_get(user=user, tenant_slug=str(view.kwargs.get("tenant_slug", "")))  # type: ignore[arg-type]
+        if membership is None:
+            raise exceptions.NotFound()  # same answer as an unknown tenant
+        request.membership = membership  # type: ignore[attr-defined]
+        request.tenant = membership.tenant  # type: ignore[attr-defined]
+        return True
+
+
+class TenantAdminForMethods(BasePermission):
+    """Admins and owners only, for the HTTP methods the view lists in `admin_methods`."""
+
+    message = "Only admins of this tenant can do this."
+
+    def has_permission(self, request: Request, view: APIView) -> bool:
+        admin_methods: frozenset[str] = getattr(view, "admin_methods", frozenset())
+        if request.method not in admin_methods:
+            return True
+        membership: Membership | None = getattr(request, "membership", None)
+        return membership is not None and membership.is_admin
+
+
+class MethodScopedRateThrottle(ScopedRateThrottle):
+    """ScopedRateThrottle for the methods in the view's `throttle_methods` only (sends, not reads of the same URL)."""
+
+    def allow_request(self, request: Request, view: APIView) -> bool:
+        methods: frozenset[str] | None = getattr(view, "throttle_methods", None)
+        if methods is not None and request.method not in methods:
+            return True
+        return super().allow_request(request, view)
+
+
+class JsonApiView(APIView):
+    """JSON in, JSON out (no browsable HTML API). A body larger than `max_body_bytes` answers 413 unread."""
+
+    renderer_classes = [JSONRenderer]
+    parser_classes = [JSONParser]
+
+    def max_body_bytes(self) -> int:
+        # Django enforces DATA_UPLOAD_MAX_MEMORY_SIZE on request.body, but DRF's parsers read the stream instead.
+        return int(settings.DATA_UPLOAD_MAX_MEMORY_SIZE or 2_621_440)
+
+    def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
+        try:
+            length = int(request.META.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            length = 0
+        if length > self.max_body_bytes():
+            raise PayloadTooLarge()
+        super().initial(request, *args, **kwargs)
+
+
+class TenantApiView(JsonApiView):
+    """Base of every /api/tenants/<slug>/ view: membership checked per request, handler run in the tenant scope."""
+
+    permission_classes = [IsAuthenticated, TenantMember, TenantAdminForMethods]
+    admin_methods: ClassVar[frozenset[str]] = frozenset()
+
+    def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
+        super().initial(request, *args, **kwargs)  # authenticates, resolves the membership, throttles
+        self._scope = ExitStack()
+        self._scope.enter_context(tenant_scope(self.tenant.pk))
+
+    def finalize_response(self, request: Request, response: Response, *args: Any, **kwargs: Any) -> Response:
+        try:
+            return super().finalize_response(request, response, *args, **kwargs)
+        finally:
+            scope: ExitStack | None = getattr(self, "_scope", None)
+            if scope is not None:
+                scope.close()
+                self._scope = None  # type: ignore[assignment]
+
+    @property
+    def tenant(self) -> Tenant:
+        return self.request.tenant  # type: ignore[attr-defined, no-any-return]
+
+    @property
+    def membership(self) -> Membership:
+        return self.request.membership  # type: ignore[attr-defined, no-any-return]

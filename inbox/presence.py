@@ -1,0 +1,308 @@
+"""Who is online in a tenant, and who is viewing a conversation, across tabs and server processes.
+
+Every open socket is a *connection* entry with an expiry that its consumer refreshes by heartbeat. A user is
+online while at least one of their connections has not expired (PROTOCOL.md guarantee 6): a server process that
+dies stops refreshing, so its entries lapse after PRESENCE_TTL seconds and the next reap (any live process's
+heartbeat, or the periodic `inbox.maintenance.presence_reap`) announces the user offline.
+
+Changes are coalesced: heartbeats never broadcast; `user:online` is sent once when a user goes from no
+connections to some, and `user:offline` only when none is left after a short grace period, so that a reloading
+tab (close + open within a second) announces nothing. The set of *announced* users lives in the store too, so
+two processes never both announce the same transition.
+
+Storage: Redis when settings.REDIS_URL is set (one Lua script per transition keeps check-and-set atomic across
+processes), otherwise this process's memory (the embedded single-process default).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from functools import cache
+from typing import Any, Protocol
+
+from django.conf import settings
+
+from inbox import events
+
+
+def ttl() -> float:
+    """Seconds a connection stays present without a heartbeat."""
+    return float(getattr(settings, "PRESENCE_TTL", 30.0))
+
+
+def heartbeat_interval() -> float:
+    return float(getattr(settings, "PRESENCE_HEARTBEAT", 10.0))
+
+
+def offline_grace() -> float:
+    """Seconds to wait after a user's last socket closes before announcing them offline (tab reloads)."""
+    return float(getattr(settings, "PRESENCE_OFFLINE_GRACE", 3.0))
+
+
+class Store(Protocol):
+    def touch(self, tenant_id: int, user_id: int, conn_id: str, expires: float) -> bool: ...
+    def drop(self, tenant_id: int, user_id: int, conn_id: str) -> None: ...
+    def settle(self, tenant_id: int, user_id: int, now: float) -> bool: ...
+    def reap(self, tenant_id: int, now: float) -> set[int]: ...
+    def online(self, tenant_id: int, now: float) -> set[int]: ...
+    def tenants(self) -> set[int]: ...
+    def view(self, tenant_id: int, conversation_id: int, user_id: int, conn_id: str, expires: float) -> None: ...
+    def unview(self, tenant_id: int, conversation_id: int, user_id: int, conn_id: str) -> None: ...
+    def viewers(self, tenant_id: int, conversation_id: int, now: float) -> set[int]: ...
+    def clear(self) -> None: ...
+
+
+@dataclass
+class MemoryStore:
+    """One process's presence (embedded default: a single server process, so memory is the whole truth)."""
+
+    conns: dict[int, dict[int, dict[str, float]]] = field(default_factory=dict)
+    announced: dict[int, set[int]] = field(default_factory=dict)
+    watching: dict[tuple[int, int], dict[str, tuple[int, float]]] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def touch(self, tenant_id: int, user_id: int, conn_id: str, expires: float) -> bool:
+        with self.lock:
+            self.conns.setdefault(tenant_id, {}).setdefault(user_id, {})[conn_id] = expires
+            announced = self.announced.setdefault(tenant_id, set())
+            if user_id in announced:
+                return False
+            announced.add(user_id)
+            return True
+
+    def drop(self, tenant_id: int, user_id: int, conn_id: str) -> None:
+        with self.lock:
+            self.conns.get(tenant_id, {}).get(user_id, {}).pop(conn_id, None)
+
+    def _live(self, tenant_id: int, user_id: int, now: float) -> bool:
+        user_conns = self.conns.get(tenant_id, {}).get(user_id, {})
+        for conn_id in [c for c, exp in user_conns.items() if exp <= now]:
+            del user_conns[conn_id]
+        return bool(user_conns)
+
+    def settle(self, tenant_id: int, user_id: int, now: float) -> bool:
+        with self.lock:
+            if self._live(tenant_id, user_id, now):
+                return False
+            announced = self.announced.get(tenant_id, set())
+            if user_id not in announced:
+                return False
+            announced.discard(user_id)
+            return True
+
+    def reap(self, tenant_id: int, now: float) -> set[int]:
+        gone: set[int] = set()
+        with self.lock:
+            announced = self.announced.get(tenant_id, set())
+            for user_id in list(announced):
+                if not self._live(tenant_id, user_id, now):
+                    announced.discard(user_id)
+                    gone.add(user_id)
+        return gone
+
+    def online(self, tenant_id: int, now: float) -> set[int]:
+        with self.lock:
+            return {u for u, c in self.conns.get(tenant_id, {}).items() if any(exp > now for exp in c.values())}
+
+    def tenants(self) -> set[int]:
+        with self.lock:
+            return set(self.conns) | set(self.announced)
+
+    def view(self, tenant_id: int, conversation_id: int, user_id: int, conn_id: str, expires: float) -> None:
+        with self.lock:
+            self.watching.setdefault((tenant_id, conversation_id), {})[conn_id] = (user_id, expires)
+
+    def unview(self, tenant_id: int, conversation_id: int, user_id: int, conn_id: str) -> None:
+        with self.lock:
+            self.watching.get((tenant_id, conversation_id), {}).pop(conn_id, None)
+
+    def viewers(self, tenant_id: int, conversation_id: int, now: float) -> set[int]:
+        with self.lock:
+            return {u for u, exp in self.watching.get((tenant_id, conversation_id), {}).values() if exp > now}
+
+    def clear(self) -> None:
+        with self.lock:
+            self.conns.clear()
+            self.announced.clear()
+            self.watching.clear()
+
+
+# Redis layout (all under one prefix, so test runs and deployments sharing a Redis stay apart):
+#   {p}:t:{tenant}:conns       ZSET "user:conn" -> expiry      (who is online: any score in the future)
+#   {p}:t:{tenant}:u:{user}    ZSET "conn" -> expiry           (one user's sockets)
+#   {p}:t:{tenant}:online      SET user                        (users announced online)
+#   {p}:t:{tenant}:c:{conv}    ZSET "user:conn" -> expiry      (viewers of a conversation)
+#   {p}:tenants                SET tenant                      (what the reaper walks)
+# Keys are named inside the scripts, so this needs a single Redis (not Redis Cluster), like the channel layer.
+_TOUCH = """
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3] .. ':' .. ARGV[1])
+redis.call('SADD', KEYS[4], ARGV[4])
+for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ARGV[5]) end
+return redis.call('SADD', KEYS[3], ARGV[3])
+"""
+_SETTLE = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+if redis.call('ZCARD', KEYS[1]) > 0 then return 0 end
+return redis.call('SREM', KEYS[2], ARGV[2])
+"""
+_REAP = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+local gone = {}
+for _, user in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+  local key = ARGV[2] .. user
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', ARGV[1])
+  if redis.call('ZCARD', key) == 0 then
+    redis.call('SREM', KEYS[2], user)
+    table.insert(gone, user)
+  end
+end
+if redis.call('ZCARD', KEYS[1]) == 0 and redis.call('SCARD', KEYS[2]) == 0 then
+  redis.call('SREM', KEYS[3], ARGV[3])
+end
+return gone
+"""
+
+
+class RedisStore:
+    """Presence shared by every server process through Redis."""
+
+    def __init__(self, url: str, prefix: str) -> None:
+        import redis
+
+        self.redis = redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=5)
+        self.prefix = prefix
+        self._touch = self.redis.register_script(_TOUCH)
+        self._settle = self.redis.register_script(_SETTLE)
+        self._reap = self.redis.register_script(_REAP)
+
+    def _t(self, tenant_id: int) -> str:
+        return f"{self.prefix}:t:{tenant_id}"
+
+    def touch(self, tenant_id: int, user_id: int, conn_id: str, expires: float) -> bool:
+        t = self._t(tenant_id)
+        keep = int(ttl() * 10) + 60  # idle keys clean themselves up
+        keys = [f"{t}:u:{user_id}", f"{t}:conns", f"{t}:online", f"{self.prefix}:tenants"]
+        return bool(self._touch(keys=keys, args=[conn_id, expires, user_id, tenant_id, keep]))
+
+    def drop(self, tenant_id: int, user_id: int, conn_id: str) -> None:
+        t = self._t(tenant_id)
+        pipe = self.redis.pipeline()
+        pipe.zrem(f"{t}:u:{user_id}", conn_id)
+        pipe.zrem(f"{t}:conns", f"{user_id}:{conn_id}")
+        pipe.execute()
+
+    def settle(self, tenant_id: int, user_id: int, now: float) -> bool:
+        t = self._t(tenant_id)
+        return bool(self._settle(keys=[f"{t}:u:{user_id}", f"{t}:online"], args=[now, user_id]))
+
+    def reap(self, tenant_id: int, now: float) -> set[int]:
+        t = self._t(tenant_id)
+        keys = [f"{t}:conns", f"{t}:online", f"{self.prefix}:tenants"]
+        gone = self._reap(keys=keys, args=[now, f"{t}:u:", tenant_id])
+        return {int(u) for u in gone}
+
+    def online(self, tenant_id: int, now: float) -> set[int]:
+        members = self.redis.zrangebyscore(f"{self._t(tenant_id)}:conns", f"({now}", "+inf")
+        return {int(m.split(b":", 1)[0]) for m in members}
+
+    def tenants(self) -> set[int]:
+        return {int(t) for t in self.redis.smembers(f"{self.prefix}:tenants")}
+
+    def view(self, tenant_id: int, conversation_id: int, user_id: int, conn_id: str, expires: float) -> None:
+        key = f"{self._t(tenant_id)}:c:{conversation_id}"
+        pipe = self.redis.pipeline()
+        pipe.zadd(key, {f"{user_id}:{conn_id}": expires})
+        pipe.expire(key, int(ttl() * 10) + 60)
+        pipe.execute()
+
+    def unview(self, tenant_id: int, conversation_id: int, user_id: int, conn_id: str) -> None:
+        self.redis.zrem(f"{self._t(tenant_id)}:c:{conversation_id}", f"{user_id}:{conn_id}")
+
+    def viewers(self, tenant_id: int, conversation_id: int, now: float) -> set[int]:
+        key = f"{self._t(tenant_id)}:c:{conversation_id}"
+        return {int(m.split(b":", 1)[0]) for m in self.redis.zrangebyscore(key, f"({now}", "+inf")}
+
+    def clear(self) -> None:
+        keys = list(self.redis.scan_iter(f"{self.prefix}:*", count=500))
+        if keys:
+            self.redis.delete(*keys)
+
+
+@cache
+def _store_for(url: str, prefix: str) -> Store:
+    return RedisStore(url, prefix) if url else MemoryStore()
+
+
+def store() -> Store:
+    url: str = settings.REDIS_URL
+    layer_prefix = settings.CHANNEL_LAYERS.get("default", {}).get("CONFIG", {}).get("prefix", "asgi")
+    return _store_for(url, f"{layer_prefix}:presence")
+
+
+# --- The API the consumer, the maintenance tasks and the pages use (sync: call via sync_to_async from async) ----
+
+
+def online_user_ids(tenant_id: int) -> set[int]:
+    """Ids of the tenant's users with at least one live socket on any server process."""
+    return store().online(tenant_id, time.time())
+
+
+def connection_touch(tenant_id: int, user_id: int, conn_id: str) -> bool:
+    """Register or refresh one socket. True when the user just became online (the caller announces it)."""
+    return store().touch(tenant_id, user_id, conn_id, time.time() + ttl())
+
+
+def connection_drop(tenant_id: int, user_id: int, conn_id: str) -> None:
+    """Forget one socket. The offline decision comes after the grace period (`user_settle`)."""
+    store().drop(tenant_id, user_id, conn_id)
+
+
+def user_settle(tenant_id: int, user_id: int) -> bool:
+    """True when the user has no live socket left and was announced online: the caller announces them offline."""
+    return store().settle(tenant_id, user_id, time.time())
+
+
+def tenant_reap(tenant_id: int) -> set[int]:
+    """Expire lapsed sockets (a dead process's); returns the users that thereby went offline, to announce."""
+    return store().reap(tenant_id, time.time())
+
+
+def tenants_present() -> set[int]:
+    return store().tenants()
+
+
+def conversation_view(tenant_id: int, conversation_id: int, user_id: int, conn_id: str) -> None:
+    store().view(tenant_id, conversation_id, user_id, conn_id, time.time() + ttl())
+
+
+def conversation_unview(tenant_id: int, conversation_id: int, user_id: int, conn_id: str) -> None:
+    store().unview(tenant_id, conversation_id, user_id, conn_id)
+
+
+def conversation_viewer_ids(tenant_id: int, conversation_id: int) -> set[int]:
+    return store().viewers(tenant_id, conversation_id, time.time())
+
+
+def presence_frame_data(user_id: int) -> dict[str, Any]:
+    return {"user_id": user_id}
+
+
+def announce_offline(tenant_id: int, user_ids: Iterable[int]) -> None:
+    """Broadcast user:offline for users a reap found gone (sync code: the periodic task)."""
+    for user_id in sorted(user_ids):
+        events.send_ephemeral(events.tenant_group(tenant_id), events.USER_OFFLINE, presence_frame_data(user_id))
+
+
+def reap_all() -> dict[int, set[int]]:
+    """Reap every tenant that has presence entries and announce who went offline. Returns {tenant: users}."""
+    result: dict[int, set[int]] = {}
+    for tenant_id in tenants_present():
+        gone = tenant_reap(tenant_id)
+        if gone:
+            announce_offline(tenant_id, gone)
+            result[tenant_id] = gone
+    return result

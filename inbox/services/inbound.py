@@ -1,0 +1,294 @@
+"""What arrives from WhatsApp: messages of every type, reactions, edits, deletions, delivery statuses, templates.
+
+Called by webhook processing inside the tenant's scope (after phone_number_id → number). Meta delivers at least
+once, batched and out of order, so every function here is idempotent: a redelivered wamid is the same message, a
+status never moves backwards, and a status for a wamid we have not stored yet waits in MessageStatusEvent.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+
+from django.db import IntegrityError, transaction
+from django.db.models import Q
+
+from inbox.models import (
+    Contact,
+    Direction,
+    MediaState,
+    Message,
+    MessageStatusEvent,
+    MessageTemplate,
+    MessageType,
+    Reaction,
+)
+from inbox.services.core import (
+    contact_upsert,
+    conversation_emit,
+    conversation_open_or_get,
+    message_append,
+    message_emit_new,
+    message_status_set,
+)
+from inbox.status import StatusError
+from inbox.tasking import enqueue_on_commit
+from tenants.models import Tenant, WhatsAppNumber
+from tenants.scoping import tenant_scope
+from webhooks.parsers import ErrorInfo, InboundMessage, InboundStatus
+
+logger = logging.getLogger(__name__)
+
+STORED_TYPES = {
+    "text": MessageType.TEXT,
+    "image": MessageType.IMAGE,
+    "video": MessageType.VIDEO,
+    "audio": MessageType.AUDIO,
+    "document": MessageType.DOCUMENT,
+    "sticker": MessageType.STICKER,
+    "location": MessageType.LOCATION,
+    "contacts": MessageType.CONTACTS,
+    "interactive": MessageType.INTERACTIVE,
+    "button": MessageType.BUTTON,
+}
+
+
+def _status_error(errors: tuple[ErrorInfo, ...]) -> StatusError | None:
+    if not errors:
+        return None
+    first = errors[0]
+    return StatusError(code=first.code, title=first.title, detail=first.detail)
+
+
+def message_receive(*, tenant: Tenant, number: WhatsAppNumber, inbound: InboundMessage) -> Message | None:
+    """Store an inbound message once (keyed by its wamid per number) and log message:new + conversation:updated.
+
+    Reactions, edits and deletions change the message they refer to instead (re-logged as message:new, which
+    clients treat as an upsert by id). Media messages get media_state pending and a download task after commit.
+    Returns the message stored or changed (None for a reaction/edit/deletion of a message we do not have).
+    """
+    if inbound.type == "reaction":
+        return _reaction_receive(tenant=tenant, number=number, inbound=inbound)
+    if inbound.type == "revoke":
+        return _revoke_receive(number=number, inbound=inbound)
+    if inbound.type == "edit" and inbound.edit is not None:
+        edited = _edit_receive(number=number, inbound=inbound)
+        if edited is not None:
+            return edited
+        # The original is unknown to us (sent before we connected?): keep the new content as a message.
+        inbound = inbound.edit
+    return _message_store(tenant=tenant, number=number, inbound=inbound)
+
+
+@transaction.atomic
+def _message_store(*, tenant: Tenant, number: WhatsAppNumber, inbound: InboundMessage) -> Message:
+    existing = Message.objects.filter(number=number, wa_message_id=inbound.wa_message_id).first()
+    if existing is not None:
+        return existing  # Meta redelivered it
+    contact = contact_upsert(
+        tenant=tenant, wa_id=inbound.from_wa_id, bsuid=inbound.from_bsuid, profile_name=inbound.profile_name
+    )
+    conversation = conversation_open_or_get(tenant=tenant, number=number, contact=contact)
+    # Holding the conversation lock: a concurrent copy of this message has either committed (seen here) or waits.
+    existing = Message.objects.filter(number=number, wa_message_id=inbound.wa_message_id).first()
+    if existing is not None:
+        return existing
+    message = Message(
+        direction=Direction.INBOUND,
+        type=STORED_TYPES.get(inbound.type, MessageType.UNSUPPORTED),
+        text=inbound.text,
+        payload=dict(inbound.payload),
+        wa_message_id=inbound.wa_message_id,
+        wa_timestamp=inbound.timestamp,
+    )
+    if message.type == MessageType.UNSUPPORTED and "raw" not in message.payload:
+        message.payload["raw"] = inbound.raw
+    if inbound.context_id:
+        message.reply_to_wa_id = inbound.context_id
+        message.reply_to = Message.objects.filter(number=number, wa_message_id=inbound.context_id).first()
+    if inbound.media is not None:
+        message.media_id = inbound.media.id
+        message.media_mime_type = inbound.media.mime_type
+        message.media_sha256 = inbound.media.sha256
+        message.media_filename = inbound.media.filename
+        message.media_state = MediaState.PENDING if inbound.media.id else MediaState.FAILED
+        if not inbound.media.id:
+            message.media_error = "Meta sent no media id"
+    try:
+        with transaction.atomic():
+            message_append(conversation=conversation, message=message)
+    except IntegrityError:
+        # Lost a race on the wamid unique constraint: the other copy is the message.
+        return Message.objects.get(number=number, wa_message_id=inbound.wa_message_id)
+    if inbound.type == "system":
+        _system_apply(contact=contact, inbound=inbound)
+    if message.media_state == MediaState.PENDING:
+        from inbox.tasks import media_download
+
+        enqueue_on_commit(media_download, tenant_id=tenant.pk, message_id=message.pk)
+    return message
+
+
+def _system_apply(*, contact: Contact, inbound: InboundMessage) -> None:
+    """The customer changed their number: later messages come from the new wa_id, so the contact follows it."""
+    system = inbound.raw.get("system") if isinstance(inbound.raw.get("system"), dict) else {}
+    new_wa_id = str(system.get("wa_id") or "")
+    if system.get("type") != "user_changed_number" or not new_wa_id or contact.wa_id == new_wa_id:
+        return
+    if Contact.objects.filter(wa_id=new_wa_id).exclude(pk=contact.pk).exists():
+        return  # already a contact of its own: keep both rather than merge threads silently
+    contact.wa_id = new_wa_id
+    contact.save(update_fields=["wa_id", "updated_at"])
+
+
+@transaction.atomic
+def _reaction_receive(*, tenant: Tenant, number: WhatsAppNumber, inbound: InboundMessage) -> Message | None:
+    target = Message.objects.select_for_update().filter(number=number, wa_message_id=inbound.reaction_to).first()
+    if target is None:
+        logger.info("reaction %s to unknown message %s ignored", inbound.wa_message_id, inbound.reaction_to)
+        return None
+    current = Reaction.objects.filter(message=target, user__isnull=True).first()
+    if current is not None and current.reacted_at > inbound.timestamp:
+        return target  # an older reaction delivered late: the newer one stands
+    if inbound.emoji:
+        if current is not None and current.emoji == inbound.emoji and current.wa_message_id == inbound.wa_message_id:
+            return target  # redelivery
+        Reaction.objects.update_or_create(
+            tenant=tenant,
+            message=target,
+            user=None,
+            defaults={"emoji": inbound.emoji, "wa_message_id": inbound.wa_message_id, "reacted_at": inbound.timestamp},
+        )
+    else:
+        if current is None:
+            return target  # already removed
+        current.delete()  # Meta sends a reaction without emoji when the customer removes theirs
+    message_emit_new(target)
+    return target
+
+
+@transaction.atomic
+def _edit_receive(*, number: WhatsAppNumber, inbound: InboundMessage) -> Message | None:
+    new = inbound.edit
+    assert new is not None
+    target = Message.objects.select_for_update().filter(number=number, wa_message_id=inbound.original_id).first()
+    if target is None:
+        return None
+    if target.edited_at is not None and target.edited_at >= inbound.timestamp:
+        return target  # redelivery, or an older edit arriving late
+    target.text = new.text
+    target.payload = {**target.payload, "edited": True, "edit_wa_message_id": inbound.wa_message_id}
+    target.edited_at = inbound.timestamp
+    target.save(update_fields=["text", "payload", "edited_at"])
+    _changed(target)
+    return target
+
+
+@transaction.atomic
+def _revoke_receive(*, number: WhatsAppNumber, inbound: InboundMessage) -> Message | None:
+    target = Message.objects.select_for_update().filter(number=number, wa_message_id=inbound.original_id).first()
+    if target is None:
+        logger.info("deletion of unknown message %s ignored", inbound.original_id)
+        return None
+    if target.deleted_at is not None:
+        return target
+    # The customer deleted it for everyone: keep the row (the thread stays readable) but not the content.
+    target.deleted_at = inbound.timestamp
+    target.text = ""
+    target.payload = {"meta_type": target.payload.get("meta_type", target.type), "deleted": True}
+    target.save(update_fields=["deleted_at", "text", "payload"])
+    _changed(target)
+    return target
+
+
+def _changed(message: Message) -> None:
+    message_emit_new(message)
+    if message.conversation.last_message_id == message.pk:
+        conversation_emit(message.conversation)  # the list's preview shows the change
+
+
+def status_receive(*, tenant: Tenant, number: WhatsAppNumber, status: InboundStatus) -> Message | None:
+    """Record a delivery status and apply it through the monotonic rule; logs message:status when it changes.
+
+    A status whose wamid is not stored yet (it can beat the send's HTTP response) waits unapplied and is applied
+    when the wamid is stored (pending_statuses_apply). Both sides write first and look second, so one always sees
+    the other.
+    """
+    message = _status_record(tenant=tenant, number=number, status=status)
+    if message is None:
+        message = pending_statuses_apply(number=number, wa_message_id=status.wa_message_id)
+    return message
+
+
+@transaction.atomic
+def _status_record(*, tenant: Tenant, number: WhatsAppNumber, status: InboundStatus) -> Message | None:
+    message = Message.objects.filter(number=number, wa_message_id=status.wa_message_id).first()
+    errors = [e.__dict__ for e in status.errors]
+    already = MessageStatusEvent.objects.filter(
+        number=number, wa_message_id=status.wa_message_id, status=status.status, timestamp=status.timestamp
+    ).exists()
+    if not already:
+        MessageStatusEvent.objects.create(
+            tenant=tenant,
+            number=number,
+            message=message,
+            wa_message_id=status.wa_message_id,
+            status=status.status,
+            timestamp=status.timestamp,
+            errors=errors,
+            applied=message is not None,
+        )
+    if message is None:
+        return None
+    _apply(message, status.status, status.timestamp, _status_error(status.errors))
+    return message
+
+
+def _apply(message: Message, status: str, at: datetime, error: StatusError | None) -> None:
+    try:
+        message_status_set(message=message, status=status, at=at, error=error)
+    except ValueError:
+        logger.warning("unknown status %r for message %s kept in the log only", status, message.pk)
+
+
+@transaction.atomic
+def pending_statuses_apply(*, number: WhatsAppNumber, wa_message_id: str) -> Message | None:
+    """Apply statuses that arrived before their wamid was stored, in Meta's time order. Idempotent."""
+    message = Message.objects.filter(number=number, wa_message_id=wa_message_id).first()
+    if message is None:
+        return None
+    pending = list(
+        MessageStatusEvent.objects.select_for_update()
+        .filter(number=number, wa_message_id=wa_message_id, applied=False)
+        .order_by("timestamp", "pk")
+    )
+    for event in pending:
+        errors = tuple(
+            ErrorInfo(code=e.get("code"), title=e.get("title", ""), detail=e.get("detail", "")) for e in event.errors
+        )
+        _apply(message, event.status, event.timestamp, _status_error(errors))
+        event.message = message
+        event.applied = True
+        event.save(update_fields=["message", "applied"])
+    return message
+
+
+def template_status_receive(*, waba_id: str, value: dict[str, object]) -> int:
+    """Meta approved, rejected, paused or disabled a template: update our copy for every number of that WABA."""
+    event = str(value.get("event") or "")
+    if not waba_id or not event:
+        return 0
+    template_id = str(value.get("message_template_id") or "")
+    name = str(value.get("message_template_name") or "")
+    language = str(value.get("message_template_language") or "")
+    updated = 0
+    for number in WhatsAppNumber.objects.with_scopes_disabled().filter(waba_id=waba_id):
+        with tenant_scope(number.tenant_id), transaction.atomic():
+            match = Q(meta_template_id=template_id) if template_id else Q(pk__in=[])
+            if name:
+                match |= Q(name=name, language=language) if language else Q(name=name)
+            templates = MessageTemplate.objects.filter(number=number).filter(match)
+            updated += templates.update(status=event)
+            if template_id:
+                templates.filter(meta_template_id="").update(meta_template_id=template_id)
+    return updated

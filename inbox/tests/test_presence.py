@@ -1,0 +1,128 @@
+"""Presence: online across tabs and processes, coalesced changes, offline within a minute of a process dying."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+import pytest
+from channels.db import database_sync_to_async
+
+from inbox import presence
+from inbox.maintenance import presence_reap
+from inbox.tests.factories import make_member
+from inbox.tests.fixtures import World
+from inbox.tests.test_consumers import _flush_layer, _realtime_settings, close, drain, next_of, open_socket
+
+pytestmark = pytest.mark.django_db(transaction=True)
+__all__ = ["_flush_layer", "_realtime_settings"]  # the autouse fixtures apply here too
+
+
+def presence_types(frames: list[dict[str, Any]]) -> list[tuple[str, int]]:
+    return [(f["type"], f["data"]["user_id"]) for f in frames if f["type"].startswith("user:")]
+
+
+async def test_a_user_is_online_while_any_tab_is_open_and_changes_are_announced_once(world: World) -> None:
+    bob_ws, _ = await open_socket(world.bob)
+    charlie_ws, _ = await open_socket(world.charlie, "globex")
+    tab1, hello = await open_socket(world.alice)
+    assert world.alice.pk in hello["data"]["online_user_ids"]
+    assert (await next_of(bob_ws, "user:online"))["data"] == {"user_id": world.alice.pk}
+    tab2, hello = await open_socket(world.alice)
+    assert sorted(hello["data"]["online_user_ids"]) == sorted([world.alice.pk, world.bob.pk])
+    await tab1.disconnect()
+    assert await database_sync_to_async(presence.online_user_ids)(world.acme.pk) == {world.alice.pk, world.bob.pk}
+    assert presence_types(await drain(bob_ws)) == []  # second tab opening and first closing: no change
+    await tab2.disconnect()
+    assert (await next_of(bob_ws, "user:offline", "user:online"))["data"] == {"user_id": world.alice.pk}
+    assert presence_types(await drain(bob_ws)) == []
+    assert await database_sync_to_async(presence.online_user_ids)(world.acme.pk) == {world.bob.pk}
+    assert await drain(charlie_ws) == []  # another tenant hears nothing
+    await close(bob_ws, charlie_ws)
+
+
+async def test_a_reload_within_the_grace_period_announces_nothing(world: World, settings: Any) -> None:
+    settings.PRESENCE_OFFLINE_GRACE = 0.4
+    bob_ws, _ = await open_socket(world.bob)
+    alice_ws, _ = await open_socket(world.alice)
+    assert (await next_of(bob_ws, "user:online"))["data"] == {"user_id": world.alice.pk}
+    await alice_ws.disconnect()
+    alice_ws, _ = await open_socket(world.alice)  # the reloaded tab
+    assert presence_types(await drain(bob_ws, timeout=0.6)) == []
+    await alice_ws.disconnect()
+    frame = await next_of(bob_ws, "user:offline", timeout=3)
+    assert frame["data"] == {"user_id": world.alice.pk} and frame["seq"] is None
+    await close(bob_ws)
+
+
+async def test_heartbeats_keep_users_online_without_broadcasting(world: World, settings: Any) -> None:
+    settings.PRESENCE_HEARTBEAT = 0.05
+    settings.PRESENCE_TTL = 0.3
+    bob_ws, _ = await open_socket(world.bob)
+    alice_ws, _ = await open_socket(world.alice)
+    await drain(bob_ws)
+    assert presence_types(await drain(bob_ws, timeout=0.8)) == []  # ~15 heartbeats, > 2 TTLs
+    assert await database_sync_to_async(presence.online_user_ids)(world.acme.pk) == {world.alice.pk, world.bob.pk}
+    await close(alice_ws, bob_ws)
+
+
+def _dead_process_socket(tenant_id: int, user_id: int) -> None:
+    """What a server process that was then killed leaves behind: a socket entry nobody refreshes."""
+    assert presence.connection_touch(tenant_id, user_id, uuid.uuid4().hex)
+
+
+async def test_a_dead_process_users_go_offline_through_live_processes(world: World, settings: Any) -> None:
+    settings.PRESENCE_HEARTBEAT = 0.1
+    settings.PRESENCE_TTL = 0.4
+    dave = await database_sync_to_async(make_member)(world.acme, username="dave")
+    await database_sync_to_async(_dead_process_socket)(world.acme.pk, dave.pk)
+    bob_ws, hello = await open_socket(world.bob)
+    assert dave.pk in hello["data"]["online_user_ids"]
+    started = time.monotonic()
+    frame = await next_of(bob_ws, "user:offline", timeout=3)
+    assert frame["data"] == {"user_id": dave.pk}
+    assert time.monotonic() - started < 2  # TTL + one heartbeat, here; a minute at most with the defaults
+    assert await database_sync_to_async(presence.online_user_ids)(world.acme.pk) == {world.bob.pk}
+    await close(bob_ws)
+
+
+async def test_the_periodic_reap_announces_offline_without_any_socket_of_the_tenant(
+    world: World, settings: Any
+) -> None:
+    dave = await database_sync_to_async(make_member)(world.acme, username="dave")
+    # Entries of a killed process whose last heartbeat is older than the TTL.
+    lapsed = time.time() - 1
+    presence.store().touch(world.acme.pk, dave.pk, "dead-1", lapsed)
+    presence.store().touch(world.globex.pk, world.charlie.pk, "dead-2", lapsed)
+    bob_ws, _ = await open_socket(world.bob)  # a listener whose own heartbeat will not reap in time
+    charlie_ws, _ = await open_socket(world.charlie, "globex")  # charlie is back on another process
+    result = await database_sync_to_async(presence_reap)()
+    assert result["offline"] == {str(world.acme.pk): [dave.pk]}
+    assert (await next_of(bob_ws, "user:offline"))["data"] == {"user_id": dave.pk}
+    assert presence_types(await drain(bob_ws)) == []
+    assert presence_types(await drain(charlie_ws)) == []
+    assert await database_sync_to_async(presence.online_user_ids)(world.globex.pk) == {world.charlie.pk}
+    await close(bob_ws, charlie_ws)
+
+
+async def test_the_store_decides_each_transition_once(settings: Any) -> None:
+    settings.PRESENCE_TTL = 30
+    presence.store().clear()
+    assert presence.connection_touch(1, 10, "a") is True
+    assert presence.connection_touch(1, 10, "b") is False  # second tab
+    assert presence.connection_touch(1, 10, "a") is False  # heartbeat
+    assert presence.connection_touch(2, 10, "c") is True  # another tenant is separate
+    presence.connection_drop(1, 10, "a")
+    assert presence.user_settle(1, 10) is False  # tab b is still open
+    presence.connection_drop(1, 10, "b")
+    assert presence.user_settle(1, 10) is True
+    assert presence.user_settle(1, 10) is False  # announced once, by whoever settles first
+    assert presence.online_user_ids(1) == set()
+    assert presence.online_user_ids(2) == {10}
+    presence.conversation_view(1, 5, 10, "a")
+    presence.conversation_view(1, 5, 11, "x")
+    presence.conversation_unview(1, 5, 11, "x")
+    assert presence.conversation_viewer_ids(1, 5) == {10}
+    assert presence.conversation_viewer_ids(1, 6) == set()
+    presence.store().clear()

@@ -1,0 +1,96 @@
+"""Single-use, 60-second WebSocket tickets, stored hashed and bound to one user and one tenant."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from datetime import timedelta
+
+import pytest
+from django.db import connection
+from django.utils import timezone
+
+from inbox.tests.fixtures import World
+from tenants.models import Membership, SocketTicket
+from tenants.scoping import scopes_disabled
+from tenants.tickets import ticket_issue, ticket_prune_unsafe, ticket_redeem
+
+
+def test_it_issues_a_random_ticket_valid_for_60_seconds_and_stores_only_its_hash(world: World) -> None:
+    token, expires_at = ticket_issue(user=world.alice, tenant=world.acme)
+    other, _ = ticket_issue(user=world.alice, tenant=world.acme)
+    assert token != other and len(token) >= 40
+    assert timedelta(seconds=58) < expires_at - timezone.now() <= timedelta(seconds=60)
+    with scopes_disabled():
+        stored = SocketTicket.objects.get(token_hash=hashlib.sha256(token.encode()).hexdigest())
+        assert not SocketTicket.objects.filter(token_hash=token).exists()
+    assert (stored.user_id, stored.tenant_id, stored.used_at) == (world.alice.pk, world.acme.pk, None)
+
+
+def test_it_redeems_a_ticket_once_for_its_tenant(world: World) -> None:
+    token, _ = ticket_issue(user=world.alice, tenant=world.acme)
+    membership = ticket_redeem(token=token, tenant_slug="acme")
+    assert membership is not None
+    assert (membership.user_id, membership.tenant.slug) == (world.alice.pk, "acme")
+    assert ticket_redeem(token=token, tenant_slug="acme") is None
+
+
+def test_a_ticket_opens_no_other_tenant_and_is_not_used_up_trying(world: World) -> None:
+    token, _ = ticket_issue(user=world.alice, tenant=world.acme)
+    assert ticket_redeem(token=token, tenant_slug="globex") is None
+    assert ticket_redeem(token=token, tenant_slug="no-such-tenant") is None
+    assert ticket_redeem(token=token, tenant_slug="acme") is not None
+
+
+def test_expired_and_garbage_tickets_are_refused(world: World) -> None:
+    token, _ = ticket_issue(user=world.alice, tenant=world.acme)
+    with scopes_disabled():
+        SocketTicket.objects.update(expires_at=timezone.now() - timedelta(seconds=1))
+    assert ticket_redeem(token=token, tenant_slug="acme") is None
+    assert ticket_redeem(token="", tenant_slug="acme") is None
+    assert ticket_redeem(token="x" * 10_000, tenant_slug="acme") is None
+
+
+def test_a_ticket_needs_an_active_membership_when_redeemed(world: World) -> None:
+    token, _ = ticket_issue(user=world.bob, tenant=world.acme)
+    with scopes_disabled():
+        Membership.objects.filter(user=world.bob).update(is_active=False)
+    assert ticket_redeem(token=token, tenant_slug="acme") is None
+    token, _ = ticket_issue(user=world.charlie, tenant=world.acme)  # never a member of acme
+    assert ticket_redeem(token=token, tenant_slug="acme") is None
+    world.alice.is_active = False
+    world.alice.save()
+    token, _ = ticket_issue(user=world.alice, tenant=world.acme)
+    assert ticket_redeem(token=token, tenant_slug="acme") is None
+
+
+def test_prune_deletes_long_expired_tickets_only(world: World) -> None:
+    ticket_issue(user=world.alice, tenant=world.acme)
+    ticket_issue(user=world.charlie, tenant=world.globex)
+    with scopes_disabled():
+        SocketTicket.objects.filter(user=world.charlie).update(expires_at=timezone.now() - timedelta(hours=2))
+    assert ticket_prune_unsafe() == 1
+    with scopes_disabled():
+        assert list(SocketTicket.objects.values_list("user_id", flat=True)) == [world.alice.pk]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_handshakes_racing_with_one_ticket_get_one_socket(world: World, require_postgres: None) -> None:
+    token, _ = ticket_issue(user=world.alice, tenant=world.acme)
+    results: list[object] = []
+    barrier = threading.Barrier(4)
+
+    def redeem() -> None:
+        try:
+            barrier.wait()
+            results.append(ticket_redeem(token=token, tenant_slug="acme"))
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=redeem) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 4
+    assert sum(r is not None for r in results) == 1

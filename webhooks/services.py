@@ -1,0 +1,206 @@
+"""Webhook ingestion: verify → store raw → commit → enqueue; then processing that walks every change, idempotently.
+
+Meta retries anything but a 200 for up to 7 days and keeps no history we could fetch later, so the raw body is
+committed before we answer, and processing (which may fail, be retried, or be re-run by an operator) reads it
+back from the database. Every write goes through the inbox services the REST API uses.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from inbox.services import inbound
+from tenants.models import WhatsAppNumber
+from tenants.scoping import tenant_scope
+from tenants.selectors import number_for_phone_id_unsafe
+from webhooks.models import ProcessingState, SignatureVerdict, WebhookEvent
+from webhooks.parsers import Change, ParseError, parse_body, phone_number_ids_lenient, signature_valid
+
+logger = logging.getLogger(__name__)
+
+REJECTED_BODY_KEEP = 64 * 1024  # a rejected body is kept for admins, truncated: it may be an attacker's
+STUCK_AFTER = timedelta(minutes=5)
+MAX_ATTEMPTS = 10
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    http_status: int
+    event: WebhookEvent
+
+
+def secrets_for(raw_body: bytes) -> list[str]:
+    """App secrets that may have signed this body: those of the numbers it names, then the default one."""
+    found: list[str] = []
+    ids = phone_number_ids_lenient(raw_body)
+    if ids:
+        numbers = WhatsAppNumber.objects.with_scopes_disabled().filter(phone_number_id__in=ids)
+        found = [n.effective_app_secret() for n in numbers]
+    if settings.WHATSAPP_APP_SECRET:
+        found.append(settings.WHATSAPP_APP_SECRET)
+    return list(dict.fromkeys(s for s in found if s))
+
+
+def _signed(raw_body: bytes, header: str) -> bool:
+    # The common case (one Meta app for the SaaS) needs no parsing of an unauthenticated body.
+    default = settings.WHATSAPP_APP_SECRET
+    if default and signature_valid(raw_body, header, default):
+        return True
+    return any(signature_valid(raw_body, header, s) for s in secrets_for(raw_body) if s != default)
+
+
+def webhook_ingest(*, raw_body: bytes, signature_header: str | None, headers: Mapping[str, str]) -> IngestResult:
+    """Verify the signature, store the raw event and commit; enqueue processing for an accepted one.
+
+    Raises DatabaseError when the event could not be stored: the caller must answer 5xx so Meta retries.
+    """
+    if not signature_header:
+        verdict = SignatureVerdict.MISSING
+    elif _signed(raw_body, signature_header):
+        verdict = SignatureVerdict.VALID
+    else:
+        verdict = SignatureVerdict.INVALID
+    accepted = verdict == SignatureVerdict.VALID
+    with transaction.atomic():
+        event = WebhookEvent.objects.create(
+            raw_body=raw_body if accepted else raw_body[:REJECTED_BODY_KEEP],
+            body_sha256=hashlib.sha256(raw_body).hexdigest(),
+            headers={**dict(headers), "x-hub-signature-256": signature_header or ""},
+            signature=verdict,
+            state=ProcessingState.RECEIVED if accepted else ProcessingState.REJECTED,
+            last_error="" if accepted else f"signature {verdict}: not processed",
+        )
+    if not accepted:
+        logger.warning("webhook %s rejected: signature %s", event.pk, verdict)
+        return IngestResult(http_status=403, event=event)
+    webhook_enqueue(event.pk)
+    return IngestResult(http_status=200, event=event)
+
+
+def webhook_enqueue(event_id: int) -> None:
+    """Hand a stored event to the inbound queue; if that fails the sweeper picks it up (it is stored)."""
+    from webhooks.tasks import webhook_process
+
+    try:
+        webhook_process.apply_async(kwargs={"event_id": event_id}, retry=False)
+    except Exception:
+        logger.exception("could not enqueue webhook %s; the sweeper will process it", event_id)
+
+
+def _claim(event_id: int) -> bool:
+    """received/failed → processing, once: two workers given the same event do not both walk it."""
+    stale = timezone.now() - STUCK_AFTER
+    claimed = (
+        WebhookEvent.objects.filter(pk=event_id, signature=SignatureVerdict.VALID)
+        .filter(
+            Q(state__in=[ProcessingState.RECEIVED, ProcessingState.FAILED])
+            | Q(state=ProcessingState.PROCESSING, processed_at__lt=stale)
+        )
+        .update(state=ProcessingState.PROCESSING, attempts=F("attempts") + 1, processed_at=timezone.now())
+    )
+    return claimed == 1
+
+
+def webhook_process(event_id: int) -> WebhookEvent | None:
+    """Process one stored event: every entry, change, message, status and error, each item in its own transaction.
+
+    Idempotent (wamid uniqueness, monotonic statuses), so running it again, or concurrently with a copy of the same
+    body, changes nothing twice. Ends processed, or failed with the reason (re-runnable with webhook_reprocess).
+    """
+    if not _claim(event_id):
+        return None
+    event = WebhookEvent.objects.get(pk=event_id)
+    notes: list[str] = []
+    failures: list[str] = []
+    try:
+        envelope = parse_body(bytes(event.raw_body))
+    except ParseError as exc:
+        failures.append(f"unparseable body: {exc}")
+    else:
+        notes.extend(envelope.problems)
+        signature = str((event.headers or {}).get("x-hub-signature-256", ""))
+        for index, change in enumerate(envelope.changes):
+            try:
+                _process_change(event, change, signature, notes, failures)
+            except Exception as exc:  # one bad change must not stop the rest; the event is marked failed
+                logger.exception("webhook %s change %s failed", event.pk, index)
+                failures.append(f"change {index} ({change.field}): {type(exc).__name__}: {exc}")
+    state = ProcessingState.FAILED if failures else ProcessingState.PROCESSED
+    WebhookEvent.objects.filter(pk=event.pk).update(
+        state=state, last_error="\n".join(failures + notes)[:10000], processed_at=timezone.now()
+    )
+    event.refresh_from_db()
+    return event
+
+
+def _process_change(event: WebhookEvent, change: Change, signature: str, notes: list[str], failures: list[str]) -> None:
+    if change.field == "messages":
+        number = number_for_phone_id_unsafe(phone_number_id=change.phone_number_id)
+        if number is None:
+            notes.append(
+                f"unknown phone_number_id {change.phone_number_id!r}: "
+                f"{len(change.messages)} message(s), {len(change.statuses)} status(es) not routed"
+            )
+            return
+        # The body was accepted with some secret; the number it routes to must have signed it with its own.
+        if not signature_valid(bytes(event.raw_body), signature, number.effective_app_secret()):
+            notes.append(f"change for {change.phone_number_id} not signed with that number's app secret: skipped")
+            return
+        with tenant_scope(number.tenant_id):
+            for message in change.messages:
+                try:
+                    inbound.message_receive(tenant=number.tenant, number=number, inbound=message)
+                except Exception as exc:  # the others in the batch still count
+                    logger.exception("webhook %s message %s failed", event.pk, message.wa_message_id)
+                    failures.append(f"message {message.wa_message_id}: {type(exc).__name__}: {exc}")
+            for status in change.statuses:
+                try:
+                    inbound.status_receive(tenant=number.tenant, number=number, status=status)
+                except Exception as exc:
+                    logger.exception("webhook %s status for %s failed", event.pk, status.wa_message_id)
+                    failures.append(f"status {status.wa_message_id}: {type(exc).__name__}: {exc}")
+        for error in change.errors:
+            notes.append(f"{change.phone_number_id}: Meta error {error.code} {error.title}: {error.detail}")
+            logger.warning("Meta reported error %s for %s: %s", error.code, change.phone_number_id, error.detail)
+        return
+    if change.field == "message_template_status_update":
+        updated = inbound.template_status_receive(waba_id=change.waba_id, value=change.value)
+        notes.append(f"template status {change.value.get('event')}: {updated} template(s) updated")
+        return
+    # account_update, quality updates and the rest: stored (the raw event) and acknowledged.
+    notes.append(f"field {change.field!r} stored, no action")
+
+
+def webhook_reprocess(event_id: int) -> WebhookEvent | None:
+    """Run processing again for a stored event (admin action / management command). Rejected ones stay rejected."""
+    WebhookEvent.objects.filter(pk=event_id, signature=SignatureVerdict.VALID).exclude(
+        state=ProcessingState.PROCESSING
+    ).update(state=ProcessingState.RECEIVED)
+    return webhook_process(event_id)
+
+
+def webhook_sweep(*, older_than: timedelta = timedelta(minutes=1)) -> list[int]:
+    """Events stored but never processed (enqueue lost, worker died): hand them to the queue again."""
+    cutoff = timezone.now() - older_than
+    ids = list(
+        WebhookEvent.objects.filter(signature=SignatureVerdict.VALID, attempts__lt=MAX_ATTEMPTS)
+        .filter(
+            Q(state=ProcessingState.RECEIVED, received_at__lt=cutoff)
+            | Q(state=ProcessingState.FAILED, attempts__lt=3, processed_at__lt=cutoff)
+            | Q(state=ProcessingState.PROCESSING, processed_at__lt=timezone.now() - STUCK_AFTER)
+        )
+        .order_by("received_at")
+        .values_list("pk", flat=True)[:500]
+    )
+    for event_id in ids:
+        webhook_enqueue(event_id)
+    return ids

@@ -1,0 +1,94 @@
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+import pytest
+
+from webhooks.parsers import ParseError, parse_body, signature_for, signature_valid
+from webhooks.tests import payloads
+
+
+def one(case: str, name: str = "messages.json"):  # type: ignore[no-untyped-def]
+    envelope = parse_body(payloads.encode(payloads.body(messages=[payloads.message(name, case)])))
+    [change] = envelope.changes
+    [message] = change.messages
+    return message
+
+
+def test_it_walks_every_entry_change_message_and_status() -> None:
+    envelope = parse_body(payloads.raw("batch_two_tenants.json"))
+    assert [c.phone_number_id for c in envelope.changes] == ["111000111", "111000111", "222000222", "999999999"]
+    assert [len(c.messages) for c in envelope.changes] == [3, 0, 1, 1]
+    assert [len(c.statuses) for c in envelope.changes] == [0, 2, 2, 0]
+    assert envelope.changes[0].messages[1].from_bsuid == "DE.88812345678901234567"
+    assert envelope.changes[0].messages[1].profile_name == "Jonas"
+    assert envelope.problems == ()
+
+
+def test_text_and_its_timestamp() -> None:
+    message = one("text")
+    assert (message.type, message.text, message.from_wa_id) == (
+        "text",
+        "Hallo, wo ist meine Bestellung?",
+        "4915112340001",
+    )
+    assert message.timestamp == datetime.fromtimestamp(1764288000, tz=UTC)
+
+
+def test_media_fields() -> None:
+    document = one("document")
+    assert document.media is not None
+    assert (document.media.filename, document.media.mime_type, document.text) == (
+        "invoice-1042.pdf",
+        "application/pdf",
+        "My invoice",
+    )
+    assert one("voice").payload["voice"] is True
+    assert one("image").media.url.startswith("https://lookaside.fbsbx.com/")  # type: ignore[union-attr]
+
+
+def test_reactions_edits_and_deletions() -> None:
+    react = one("react", "reactions.json")
+    assert (react.reaction_to, react.emoji) == (payloads.cases("messages.json")["text"]["id"], "👍")
+    assert one("unreact_no_emoji", "reactions.json").emoji == ""
+    edit = one("edit", "edits.json")
+    assert edit.original_id.startswith("wamid.HBgN") and edit.edit is not None
+    assert edit.edit.text == "Hallo, wo ist meine Bestellung #1042?"
+    assert one("revoke", "edits.json").original_id.startswith("wamid.HBgN")
+
+
+def test_statuses_with_errors() -> None:
+    data = payloads.body(statuses=[payloads.cases("statuses.json")["failed"]])
+    [status] = parse_body(payloads.encode(data)).changes[0].statuses
+    assert status.status == "failed"
+    assert (status.errors[0].code, status.errors[0].title, status.errors[0].detail) == (
+        131026,
+        "Message undeliverable",
+        "Message Undeliverable.",
+    )
+
+
+def test_items_without_ids_are_reported_and_the_rest_kept() -> None:
+    good = payloads.message("messages.json", "text")
+    bad = {k: v for k, v in good.items() if k != "id"}
+    envelope = parse_body(payloads.encode(payloads.body(messages=[bad, good])))
+    assert len(envelope.changes[0].messages) == 1
+    assert envelope.problems == ("entry[0].changes[0].messages[0]: message without id",)
+
+
+@pytest.mark.parametrize("body", [b"", b"not json", b"[]", b'{"object": "x"}', b"\xff\xfe"])
+def test_unreadable_bodies_raise(body: bytes) -> None:
+    with pytest.raises(ParseError):
+        parse_body(body)
+
+
+def test_signatures_are_over_the_raw_bytes() -> None:
+    wire = payloads.raw("unicode_wire.json")
+    header = signature_for(wire, "s3cret")
+    assert signature_valid(wire, header, "s3cret")
+    assert not signature_valid(wire, header, "other")
+    assert not signature_valid(json.dumps(json.loads(wire)).encode(), header, "s3cret")
+    assert not signature_valid(wire, header.removeprefix("sha256="), "s3cret")
+    assert not signature_valid(wire, None, "s3cret")
+    assert not signature_valid(wire, header, "")
