@@ -41,6 +41,16 @@ def env_int(name: str, *, default: int) -> int:
         raise ImproperlyConfigured(f"{name} must be an integer, not {raw!r}") from exc
 
 
+def env_float(name: str, *, default: float) -> float:
+    raw = os.environ.get(name, "")
+    if not raw:
+        return default
+    try:
+        return float(raw)
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"{name} must be a number, not {raw!r}") from exc
+
+
 def env_list(name: str, *, default: list[str]) -> list[str]:
     raw = os.environ.get(name)
     if raw is None or raw.strip() == "":
@@ -94,7 +104,6 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "config.observability.RequestIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
-    "whitenoise.middleware.WhiteNoiseMiddleware",  # static files in production (Daphne serves none itself)
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -232,7 +241,11 @@ STORAGES = {
     # Compressed, not hashed: a missing collectstatic manifest can never take the site down.
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
 }
-WHITENOISE_USE_FINDERS = DEBUG
+if not DEBUG:  # production serves collected static files itself (Daphne serves none); DEBUG uses Django's finders
+    MIDDLEWARE.insert(
+        MIDDLEWARE.index("django.middleware.security.SecurityMiddleware") + 1,
+        "whitenoise.middleware.WhiteNoiseMiddleware",
+    )
 MEDIA_ROOT = Path(os.environ.get("MEDIA_ROOT", str(BASE_DIR / "media")))
 MEDIA_URL = "/media/"  # never served directly: files go through a view that checks tenant membership
 
@@ -319,8 +332,31 @@ WHATSAPP_WEBHOOK_MAX_BYTES = env_int("WHATSAPP_WEBHOOK_MAX_BYTES", default=4 * 1
 # Where the sandbox transport posts its signed status webhooks (the running server itself).
 SANDBOX_WEBHOOK_URL = os.environ.get("SANDBOX_WEBHOOK_URL", "")
 
+# WhatsApp timing and limits (inbox/whatsapp, inbox/services/outbound.py, media.py).
+WHATSAPP_HTTP_TIMEOUT = env_float("WHATSAPP_HTTP_TIMEOUT", default=20.0)
+WHATSAPP_MEDIA_MAX_BYTES = env_int("WHATSAPP_MEDIA_MAX_BYTES", default=100 * 1024 * 1024)  # Meta's inbound maximum
+# Seconds after a sandbox send at which its sent, delivered and read statuses arrive (so a person sees ticks move).
+WHATSAPP_SANDBOX_STATUS_DELAYS = tuple(
+    float(x) for x in env_list("WHATSAPP_SANDBOX_STATUS_DELAYS", default=["1.5", "4", "8"])
+)
+WHATSAPP_BACKGROUND_TIMERS = env_bool("WHATSAPP_BACKGROUND_TIMERS", default=True)
+API_UPLOAD_MAX_BYTES = env_int("API_UPLOAD_MAX_BYTES", default=100 * 1024 * 1024)
+LOGIN_FAILURES_PER_ADDRESS = env_int("LOGIN_FAILURES_PER_ADDRESS", default=20)  # per IP, across usernames
+LOGIN_FAILURE_WINDOW = env_int("LOGIN_FAILURE_WINDOW", default=300)  # seconds
+
 # --- Real time -------------------------------------------------------------------------------------------------------
 EVENT_RETENTION_DAYS = env_int("EVENT_RETENTION_DAYS", default=7)
+WS_RATE_PER_SECOND = env_float("WS_RATE_PER_SECOND", default=20.0)  # client frames per socket, sustained
+WS_RATE_BURST = env_float("WS_RATE_BURST", default=40.0)
+WS_RATE_STRIKES = env_float("WS_RATE_STRIKES", default=20.0)  # rate-limited frames tolerated before close 4429
+WS_RATE_STRIKE_DECAY = env_float("WS_RATE_STRIKE_DECAY", default=1.0)
+WS_RECHECK_SECONDS = env_float("WS_RECHECK_SECONDS", default=30.0)  # membership re-check and missed-event catch-up
+WS_FIRST_SYNC_WAIT = env_float("WS_FIRST_SYNC_WAIT", default=5.0)
+TYPING_TTL = env_float("TYPING_TTL", default=6.0)  # a typing:start with no stop expires after this many seconds
+TYPING_THROTTLE = env_float("TYPING_THROTTLE", default=2.0)
+PRESENCE_TTL = env_float("PRESENCE_TTL", default=30.0)  # a process that stops heartbeating loses its users after this
+PRESENCE_HEARTBEAT = env_float("PRESENCE_HEARTBEAT", default=10.0)
+PRESENCE_OFFLINE_GRACE = env_float("PRESENCE_OFFLINE_GRACE", default=3.0)  # a reload announces nothing
 
 # JSON lines (LOG_FORMAT=json, the production default) or plain text; every line carries request and tenant ids and
 # passes through a redactor so that tokens, tickets and secrets never reach a log.
