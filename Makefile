@@ -28,7 +28,8 @@ run: demo
 	@echo ""
 	@echo "  Inbox:  http://$(HOST):$(PORT)/        Admin: http://$(HOST):$(PORT)/admin/"
 	@echo ""
-	$(VENV)/bin/daphne -b $(HOST) -p $(PORT) --websocket-max-message-size 65536 --websocket-max-frame-size 65536 config.asgi:application
+	ALLOWED_ORIGINS="$${ALLOWED_ORIGINS:-http://$(HOST):$(PORT),http://localhost:$(PORT)}" \
+	  $(VENV)/bin/daphne -b $(HOST) -p $(PORT) --websocket-max-message-size 65536 --websocket-max-frame-size 65536 config.asgi:application
 
 worker: setup
 	$(VENV)/bin/celery -A config worker -Q inbound,default -l info

@@ -26,6 +26,7 @@ from typing import Any, Final
 from urllib.parse import parse_qs, urlparse
 
 from asgiref.sync import sync_to_async
+from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.security.websocket import OriginValidator
@@ -256,6 +257,18 @@ def _reap_due(tenant_id: int, interval: float) -> bool:
 class InboxConsumer(AsyncWebsocketConsumer):
     tenant_id: int
     user_id: int
+
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        """Channels' dispatch, minus its hop to the sync thread before every message (aclose_old_connections).
+
+        That hop ran once per socket per fanned-out event on the one thread all database work shares: it was half
+        of Daphne's CPU in the fan-out benchmark (docs/performance.md). Every database call here goes through
+        database_sync_to_async, which closes stale connections itself.
+        """
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"No handler for message type {message['type']}")
+        await handler(message)
 
     async def connect(self) -> None:
         self.authenticated = False
