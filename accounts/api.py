@@ -19,7 +19,9 @@ from rest_framework_simplejwt.serializers import TokenObtainPairSerializer, Toke
 from rest_framework_simplejwt.settings import api_settings as jwt_settings
 from rest_framework_simplejwt.tokens import RefreshToken
 
+from accounts.authentication import EPOCH_CLAIM
 from accounts.models import User
+from accounts.services import logout_everywhere
 from inbox.api_errors import error_responses
 from inbox.permissions import JsonApiView
 from tenants.selectors import membership_list_for_user_unsafe
@@ -32,6 +34,12 @@ class TokenPairSerializer(serializers.Serializer[Any]):
 
 class TokenObtainInputSerializer(TokenObtainPairSerializer):
     """username accepts the username or the email address (accounts/backends.py)."""
+
+    @classmethod
+    def get_token(cls, user: Any) -> Any:
+        token = super().get_token(user)
+        token[EPOCH_CLAIM] = user.credentials_epoch  # "log out everywhere" bumps it; older tokens are refused
+        return token
 
 
 class TokenRefreshInputSerializer(TokenRefreshSerializer):
@@ -118,6 +126,24 @@ class LogoutApi(JsonApiView):
             raise serializers.ValidationError({"refresh": ["belongs to another user"]})
         token.blacklist()
         return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class LogoutEverywhereApi(JsonApiView):
+    throttle_classes = [ScopedRateThrottle]
+    throttle_scope = "auth"
+
+    class LogoutEverywhereOutputSerializer(serializers.Serializer[Any]):
+        revoked_refresh_tokens = serializers.IntegerField()
+
+    @extend_schema(
+        operation_id="auth_logout_everywhere",
+        summary="Log out everywhere: end every session, token, ticket and open WebSocket of the current user",
+        request=None,
+        responses={200: LogoutEverywhereOutputSerializer, **error_responses(401, 429)},
+    )
+    def post(self, request: Request) -> Response:
+        revoked = logout_everywhere(user=request.user)  # type: ignore[arg-type]
+        return Response({"revoked_refresh_tokens": revoked})
 
 
 class MeTenantSerializer(serializers.Serializer[Any]):

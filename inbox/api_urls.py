@@ -34,6 +34,7 @@ urlpatterns = [
     path("auth/token/", accounts_api.TokenObtainApi.as_view(), name="api-token-obtain"),
     path("auth/token/refresh/", accounts_api.TokenRefreshApi.as_view(), name="api-token-refresh"),
     path("auth/logout/", accounts_api.LogoutApi.as_view(), name="api-logout"),
+    path("auth/logout-all/", accounts_api.LogoutEverywhereApi.as_view(), name="api-logout-everywhere"),
     path("me/", accounts_api.MeApi.as_view(), name="api-me"),
     path("tenants/<slug:tenant_slug>/", include(tenant_patterns)),
     path("schema/", SpectacularAPIView.as_view(), name="api-schema"),

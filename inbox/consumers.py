@@ -26,7 +26,6 @@ from typing import Any, Final
 from urllib.parse import parse_qs, urlparse
 
 from asgiref.sync import sync_to_async
-from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.security.websocket import OriginValidator
@@ -134,13 +133,14 @@ def handshake_refused(scope: dict[str, Any]) -> bool:
     return origin is None and ticket_param(scope) is None and has_session_cookie(scope)
 
 
-def credential_stamp(password: str) -> str:
+def credential_stamp(password: str, epoch: int = 0) -> str:
     """A fingerprint of the user's password hash, taken when the socket authenticates.
 
-    It changes when the password does (and when Django re-hashes it, which also ends the user's sessions): a socket
+    It changes when the password does (and when Django re-hashes it, which also ends the user's sessions) and when
+    the user logs out everywhere (accounts.services.logout_everywhere bumps credentials_epoch): a socket
     whose stamp no longer matches the database closes with 4403, like one whose membership was revoked.
     """
-    return hashlib.sha256(password.encode("utf-8", "replace")).hexdigest()
+    return hashlib.sha256(f"{password}:{epoch}".encode("utf-8", "replace")).hexdigest()  # = User.credential_stamp
 
 
 # --- Database work (runs in Django's sync thread; every query inside the tenant's scope) ------------------------
@@ -157,7 +157,11 @@ def _authenticate(scope: dict[str, Any], slug: str) -> tuple[Membership | None, 
         user = ticket_consume(token=ticket, tenant_slug=slug)
         if user is None:
             return None, CLOSE_UNAUTHENTICATED, ""
-        return membership_get(user=user, tenant_slug=slug), CLOSE_FORBIDDEN, credential_stamp(user.password)
+        return (
+            membership_get(user=user, tenant_slug=slug),
+            CLOSE_FORBIDDEN,
+            credential_stamp(user.password, user.credentials_epoch),
+        )
     # A cookie is sent by the browser whatever page opened the socket: trust it only from our own origins.
     # (routing.ForeignOriginGuard refuses a cookie without an Origin with 403 already; this is the second line.)
     if origin_allowed(scope) is not True:
@@ -165,16 +169,20 @@ def _authenticate(scope: dict[str, Any], slug: str) -> tuple[Membership | None, 
     user = scope.get("user")
     if user is None or not user.is_authenticated:
         return None, CLOSE_UNAUTHENTICATED, ""
-    return membership_get(user=user, tenant_slug=slug), CLOSE_FORBIDDEN, credential_stamp(user.password)
+    return (
+        membership_get(user=user, tenant_slug=slug),
+        CLOSE_FORBIDDEN,
+        credential_stamp(user.password, user.credentials_epoch),
+    )
 
 
 def _allowed_stamps(tenant_id: int, user_ids: set[int]) -> dict[int, str]:
     """For those of these users who are still active members: the stamp of their current password."""
     with tenant_scope(tenant_id):
         rows = Membership.objects.filter(user_id__in=user_ids, is_active=True, user__is_active=True).values_list(
-            "user_id", "user__password"
+            "user_id", "user__password", "user__credentials_epoch"
         )
-        return {user_id: credential_stamp(password) for user_id, password in rows}
+        return {user_id: credential_stamp(password, epoch) for user_id, password, epoch in rows}
 
 
 def _still_allowed(tenant_id: int, user_id: int, stamp: str) -> bool:
@@ -257,18 +265,6 @@ def _reap_due(tenant_id: int, interval: float) -> bool:
 class InboxConsumer(AsyncWebsocketConsumer):
     tenant_id: int
     user_id: int
-
-    async def dispatch(self, message: dict[str, Any]) -> None:
-        """Channels' dispatch, minus its hop to the sync thread before every message (aclose_old_connections).
-
-        That hop ran once per socket per fanned-out event on the one thread all database work shares: it was half
-        of Daphne's CPU in the fan-out benchmark (docs/performance.md). Every database call here goes through
-        database_sync_to_async, which closes stale connections itself.
-        """
-        handler = getattr(self, get_handler_name(message), None)
-        if handler is None:
-            raise ValueError(f"No handler for message type {message['type']}")
-        await handler(message)
 
     async def connect(self) -> None:
         self.authenticated = False

@@ -146,6 +146,7 @@ NOT_TENANT_ROUTES = {
     "api-token-obtain",
     "api-token-refresh",
     "api-logout",
+    "api-logout-everywhere",
     "api-me",
     "api-schema",
     "api-docs",

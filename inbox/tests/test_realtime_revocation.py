@@ -128,3 +128,19 @@ async def test_the_periodic_task_revokes_present_users_who_lost_access(world: Wo
     await bob_ws.send_json_to({"type": "ping"})
     assert (await next_of(bob_ws, "pong"))["type"] == "pong"
     await close(bob_ws)
+
+
+async def test_logging_out_everywhere_closes_every_socket_of_the_user_only(world: World) -> None:
+    from accounts.services import logout_everywhere
+
+    tab1, _ = await open_socket(world.alice)
+    tab2, _ = await open_socket(world.alice)
+    bob_ws, _ = await open_socket(world.bob)
+    started = time.monotonic()
+    await database_sync_to_async(lambda: logout_everywhere(user=User.objects.get(pk=world.alice.pk)))()
+    assert await closed_with(tab1) == 4403
+    assert await closed_with(tab2) == 4403
+    assert time.monotonic() - started < 5
+    await bob_ws.send_json_to({"type": "ping"})
+    assert (await next_of(bob_ws, "pong"))["type"] == "pong"
+    await close(bob_ws)
