@@ -148,7 +148,7 @@ class MessageOutputSerializer(serializers.ModelSerializer[Message]):
 
     @extend_schema_field(ReactionOutputSerializer(many=True))
     def get_reactions(self, obj: Message) -> list[dict[str, Any]]:
-        return [{"emoji": r.emoji, "user_id": r.user_id} for r in obj.reactions.all()]
+        return [{"emoji": r.emoji, "user_id": r.user_id} for r in obj.reactions.all() if r.emoji]  # "" = removed
 
 
 class ConversationOutputSerializer(serializers.ModelSerializer[Conversation]):

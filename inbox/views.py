@@ -222,6 +222,7 @@ def decorate_messages(messages: Iterable[Message], *, tenant: Tenant) -> list[Me
                 "who": member_names.get(r.user_id, "Agent") if r.user_id else "Contact",
             }
             for r in m.reactions.all()
+            if r.emoji  # an empty emoji is a removed reaction kept as a tombstone
         ]
         m.ui = ui  # type: ignore[attr-defined]
     return messages

@@ -160,9 +160,18 @@ def _reaction_receive(*, tenant: Tenant, number: WhatsAppNumber, inbound: Inboun
             defaults={"emoji": inbound.emoji, "wa_message_id": inbound.wa_message_id, "reacted_at": inbound.timestamp},
         )
     else:
-        if current is None:
+        # Meta sends a reaction without emoji when the customer removes theirs. The row stays as a tombstone (empty
+        # emoji, with the removal's time) so that an older reaction delivered after it cannot bring it back.
+        if current is not None and not current.emoji:
             return target  # already removed
-        current.delete()  # Meta sends a reaction without emoji when the customer removes theirs
+        Reaction.objects.update_or_create(
+            tenant=tenant,
+            message=target,
+            user=None,
+            defaults={"emoji": "", "wa_message_id": inbound.wa_message_id, "reacted_at": inbound.timestamp},
+        )
+        if current is None:
+            return target  # nothing was shown: no event
     message_emit_new(target)
     return target
 
