@@ -105,7 +105,8 @@ class MemoryStore:
 
     def online(self, tenant_id: int, now: float) -> set[int]:
         with self.lock:
-            return {u for u, c in self.conns.get(tenant_id, {}).items() if any(exp > now for exp in c.values())}
+            live = {u for u, c in self.conns.get(tenant_id, {}).items() if any(exp > now for exp in c.values())}
+            return live | self.announced.get(tenant_id, set())
 
     def tenants(self) -> set[int]:
         with self.lock:
@@ -206,8 +207,10 @@ class RedisStore:
         return {int(u) for u in gone}
 
     def online(self, tenant_id: int, now: float) -> set[int]:
-        members = self.redis.zrangebyscore(f"{self._t(tenant_id)}:conns", f"({now}", "+inf")
-        return {int(m.split(b":", 1)[0]) for m in members}
+        t = self._t(tenant_id)
+        members = self.redis.zrangebyscore(f"{t}:conns", f"({now}", "+inf")
+        announced = self.redis.smembers(f"{t}:online")
+        return {int(m.split(b":", 1)[0]) for m in members} | {int(u) for u in announced}
 
     def tenants(self) -> set[int]:
         return {int(t) for t in self.redis.smembers(f"{self.prefix}:tenants")}
@@ -247,7 +250,9 @@ def store() -> Store:
 
 
 def online_user_ids(tenant_id: int) -> set[int]:
-    """Ids of the tenant's users with at least one live socket on any server process."""
+    """Ids of the tenant's users online as the tenant's sockets were told: a live socket on any server process, or
+    announced online and not yet announced offline (the last tab closed less than the grace period ago). Listing
+    only live sockets would make `hello` miss a user whose `user:offline` never comes (they reconnected in time)."""
     return store().online(tenant_id, time.time())
 
 

@@ -126,3 +126,18 @@ async def test_the_store_decides_each_transition_once(settings: Any) -> None:
     assert presence.conversation_viewer_ids(1, 5) == {10}
     assert presence.conversation_viewer_ids(1, 6) == set()
     presence.store().clear()
+
+
+async def test_a_page_connecting_while_a_colleague_reloads_still_lists_them_online(world: World, settings: Any) -> None:
+    """hello must agree with the announcements: Alice's last tab closed but she was never announced offline (she
+    comes back within the grace period), so a page that connects in between must count her online."""
+    settings.PRESENCE_OFFLINE_GRACE = 1.0
+    alice_ws, _ = await open_socket(world.alice)
+    await alice_ws.disconnect()  # reloading: old tab gone, new one not yet connected
+    bob_ws, hello = await open_socket(world.bob)
+    assert world.alice.pk in hello["data"]["online_user_ids"]
+    alice_ws, _ = await open_socket(world.alice)  # the reloaded tab: no user:online is sent (nothing changed)
+    assert presence_types(await drain(bob_ws, timeout=0.3)) == []
+    await alice_ws.disconnect()
+    assert (await next_of(bob_ws, "user:offline", timeout=4))["data"] == {"user_id": world.alice.pk}
+    await close(bob_ws)
