@@ -405,6 +405,29 @@ class MessageRetryApi(TenantApiView):
         return Response(MessageOutputSerializer(selectors.message_get(tenant=self.tenant, pk=pk)).data)
 
 
+class MessageMediaRetryApi(TenantApiView):
+    throttle_classes = [MethodScopedRateThrottle]
+    throttle_scope = "send"
+
+    @extend_schema(
+        operation_id="messages_media_retry",
+        summary="Download a received message's media again after its download failed",
+        description=(
+            "Only for an inbound message whose `media.state` is `failed` (else 400 with `fields.media`). The "
+            "message goes back to `pending` at once; `message:new` reports it, and again when the download ends "
+            "(`ready`, or `failed` with a new `media.error`)."
+        ),
+        request=None,
+        responses={200: MessageOutputSerializer, **error_responses(400, 404, 429)},
+    )
+    def post(self, request: Request, tenant_slug: str, pk: int) -> Response:
+        message = selectors.message_get(tenant=self.tenant, pk=pk)  # 404 alike for missing and foreign ids
+        from inbox.services.media import media_retry
+
+        media_retry(tenant=self.tenant, message=message)
+        return Response(MessageOutputSerializer(selectors.message_get(tenant=self.tenant, pk=pk)).data)
+
+
 class MessageMediaApi(TenantApiView):
     @extend_schema(
         operation_id="messages_media",

@@ -17,6 +17,7 @@ tenant_patterns = [
     path("conversations/<int:pk>/messages/", api.MessageListApi.as_view(), name="api-message-list"),
     path("conversations/<int:pk>/read/", api.ConversationReadApi.as_view(), name="api-conversation-read"),
     path("messages/<int:pk>/media/", api.MessageMediaApi.as_view(), name="api-message-media"),
+    path("messages/<int:pk>/media/retry/", api.MessageMediaRetryApi.as_view(), name="api-message-media-retry"),
     path("messages/<int:pk>/reaction/", api.MessageReactionApi.as_view(), name="api-message-reaction"),
     path("messages/<int:pk>/retry/", api.MessageRetryApi.as_view(), name="api-message-retry"),
     path("contacts/", api.ContactListApi.as_view(), name="api-contact-list"),

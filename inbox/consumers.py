@@ -56,8 +56,16 @@ REPLAY_PAGE: Final = 500
 MAX_BUFFERED: Final = 10_000  # live frames held during a replay
 MAX_JOINED: Final = 50  # conversations one socket may view at once
 
+MAX_SNAPSHOT: Final = 100  # conversation ids one activity:subscribe may ask the current viewers of
+
 # Ephemeral wire type added to protocol v1 (backward compatible; see docs/realtime.md).
 CONVERSATION_VIEWERS: Final = "conversation:viewers"
+
+
+def activity_group(tenant_id: int) -> str:
+    """Sockets that asked (activity:subscribe) for typing and viewers of *every* conversation of the tenant: the
+    conversation list. Opt-in, so integrations and benchmarks that never ask pay nothing for it."""
+    return f"tenant.{tenant_id}.activity"
 
 
 def _setting(name: str, default: float) -> float:
@@ -243,6 +251,11 @@ def _read(tenant_id: int, user_id: int, conversation_id: int, message_id: int) -
             raise FrameError("invalid", "; ".join(exc.messages)) from exc
 
 
+def _viewers_of(tenant_id: int, conversation_ids: list[int]) -> dict[int, set[int]]:
+    """Who views each of these conversations now (one trip off the event loop for the whole snapshot)."""
+    return {cid: presence.conversation_viewer_ids(tenant_id, cid) for cid in conversation_ids}
+
+
 def _int_field(data: dict[str, Any], name: str, *, minimum: int = 1) -> int:
     value = data.get(name)
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum or value > 2**63 - 1:
@@ -293,6 +306,9 @@ class InboxConsumer(AsyncWebsocketConsumer):
         self.loop_task: asyncio.Task[None] | None = None
         self.viewing: set[int] = set()
         self.typing: dict[int, tuple[float, asyncio.Task[None]]] = {}  # conversation → (last broadcast, expiry)
+        self.activity = False  # subscribed to the tenant's typing and viewers (activity:subscribe)
+        # conversation → (when a typing:start last went to the tenant's lists, whether it is still showing there)
+        self.activity_typing: dict[int, tuple[float, bool]] = {}
         self.bucket = TokenBucket.full(_setting("WS_RATE_BURST", 40), _setting("WS_RATE_PER_SECOND", 20))
         self.strikes = TokenBucket.full(_setting("WS_RATE_STRIKES", 20), _setting("WS_RATE_STRIKE_DECAY", 1))
         # Join before reading the head: an event committed from here on is above the head or arrives live.
@@ -469,6 +485,39 @@ class InboxConsumer(AsyncWebsocketConsumer):
             self.typing.pop(conversation_id)[1].cancel()
             await self._typing_broadcast(conversation_id, events.TYPING_STOP)
 
+    async def on_activity_subscribe(self, data: dict[str, Any]) -> None:
+        ids = data.get("conversation_ids", [])
+        if (
+            not isinstance(ids, list)
+            or len(ids) > MAX_SNAPSHOT
+            or any(isinstance(i, bool) or not isinstance(i, int) or not 1 <= i <= 2**63 - 1 for i in ids)
+        ):
+            raise FrameError("bad_data", f"data.conversation_ids must be a list of at most {MAX_SNAPSHOT} ids")
+        if not self.activity:
+            group = activity_group(self.tenant_id)
+            await self.channel_layer.group_add(group, self.channel_name)
+            self.groups.append(group)
+            self.activity = True
+        # The snapshot is read after joining the group: a change from here on arrives live, so none is missed.
+        # Presence is keyed by this socket's tenant: another tenant's id simply has no viewers here.
+        viewers = await self._presence(_viewers_of, self.tenant_id, sorted(set(ids))) or {}
+        for conversation_id, user_ids in viewers.items():
+            if user_ids:
+                await self._send_frame(
+                    events.frame(
+                        CONVERSATION_VIEWERS,
+                        {"conversation_id": conversation_id, "user_ids": sorted(user_ids)},
+                        seq=None,
+                    )
+                )
+
+    async def on_activity_unsubscribe(self, data: dict[str, Any]) -> None:
+        if self.activity:
+            group = activity_group(self.tenant_id)
+            await self.channel_layer.group_discard(group, self.channel_name)
+            self.groups.remove(group)
+            self.activity = False
+
     async def on_message_read(self, data: dict[str, Any]) -> None:
         conversation_id = _int_field(data, "conversation_id")
         message_id = _int_field(data, "message_id")
@@ -483,6 +532,8 @@ class InboxConsumer(AsyncWebsocketConsumer):
         "typing:start": on_typing_start,
         "typing:stop": on_typing_stop,
         "message:read": on_message_read,
+        "activity:subscribe": on_activity_subscribe,
+        "activity:unsubscribe": on_activity_unsubscribe,
     }
 
     # --- channel layer → server ---------------------------------------------------------------------------------
@@ -494,6 +545,8 @@ class InboxConsumer(AsyncWebsocketConsumer):
             return  # belt and braces: groups are per tenant already
         frame: events.Frame = event["frame"]
         if frame.get("seq") is None:
+            if event.get("activity") and (not self.activity or frame["data"].get("conversation_id") in self.viewing):
+                return  # a joined conversation's copy comes through its conversation group: one frame, not two
             if event.get("exclude_user") == self.user_id or event.get("exclude_channel") == self.channel_name:
                 return  # typing goes to the other viewers, not to the typist's own tabs
             await self._send_frame(frame)
@@ -646,14 +699,32 @@ class InboxConsumer(AsyncWebsocketConsumer):
         await self._group_ephemeral(
             events.conversation_group(self.tenant_id, conversation_id), type_, data, exclude_user=self.user_id
         )
+        # The tenant's lists: a start at most once per throttle period even across stop/start cycles, and a stop
+        # only after a start went out, so each typist costs the whole tenant at most two frames per period.
+        now, throttle = time.monotonic(), _setting("TYPING_THROTTLE", 2.0)
+        started, shown = self.activity_typing.get(conversation_id, (float("-inf"), False))
+        for cid, (at, on) in list(self.activity_typing.items()):
+            if not on and now - at >= throttle:
+                del self.activity_typing[cid]  # nothing left to throttle or to stop
+        if type_ == events.TYPING_START:
+            if now - started < throttle:
+                return
+            self.activity_typing[conversation_id] = (now, True)
+        else:
+            if not shown:
+                return
+            self.activity_typing[conversation_id] = (started, False)
+        await self._group_ephemeral(
+            activity_group(self.tenant_id), type_, data, exclude_user=self.user_id, activity=True
+        )
 
     async def _broadcast_viewers(self, conversation_id: int) -> None:
         viewers = await self._presence(presence.conversation_viewer_ids, self.tenant_id, conversation_id)
+        data = {"conversation_id": conversation_id, "user_ids": sorted(viewers or ())}
         await self._group_ephemeral(
-            events.conversation_group(self.tenant_id, conversation_id),
-            CONVERSATION_VIEWERS,
-            {"conversation_id": conversation_id, "user_ids": sorted(viewers or ())},
+            events.conversation_group(self.tenant_id, conversation_id), CONVERSATION_VIEWERS, data
         )
+        await self._group_ephemeral(activity_group(self.tenant_id), CONVERSATION_VIEWERS, data, activity=True)
 
     async def _group_ephemeral(
         self,
@@ -663,12 +734,15 @@ class InboxConsumer(AsyncWebsocketConsumer):
         *,
         exclude_user: int | None = None,
         exclude_self: bool = False,
+        activity: bool = False,
     ) -> None:
         message: dict[str, Any] = {
             "type": events.LAYER_EVENT,
             "tenant_id": self.tenant_id,
             "frame": events.frame(type_, data, seq=None),
         }
+        if activity:
+            message["activity"] = True
         if exclude_user is not None:
             message["exclude_user"] = exclude_user
         if exclude_self:

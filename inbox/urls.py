@@ -18,6 +18,7 @@ tenant_patterns = [
     path("messages/<int:pk>/", views.message_detail, name="message"),
     path("messages/<int:pk>/retry/", views.message_retry, name="message_retry"),
     path("messages/<int:pk>/react/", views.message_react, name="message_react"),
+    path("messages/<int:pk>/media/retry/", views.message_media_retry, name="message_media_retry"),
 ]
 
 inbox_patterns = [

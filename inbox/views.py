@@ -29,6 +29,7 @@ from inbox import selectors
 from inbox.models import MEDIA_TYPES, Conversation, ConversationStatus, Message, MessageTemplate
 from inbox.serializers import media_url, message_preview
 from inbox.services import UNSET, conversation_update, read_marker_set
+from inbox.services.media import media_retry
 from inbox.services.outbound import message_retry as outbound_retry
 from inbox.services.outbound import message_send as outbound_send
 from inbox.services.outbound import reaction_send
@@ -504,6 +505,20 @@ def message_retry(request: TenantRequest, pk: int) -> HttpResponse:
     message = selectors.message_get(tenant=request.tenant, pk=pk)
     try:
         message = outbound_retry(tenant=request.tenant, message=message, user=request.user)
+    except ValidationError as exc:
+        return _error_response(request, _validation_errors(exc), message.conversation)
+    if request.htmx:  # type: ignore[attr-defined]
+        return _bubble(request, selectors.message_get(tenant=request.tenant, pk=message.pk))
+    return HttpResponseRedirect(_conversation_url(request, message.conversation))
+
+
+@require_POST
+@tenant_view
+def message_media_retry(request: TenantRequest, pk: int) -> HttpResponse:
+    """Download a received file again after its download failed ("Retry download" on the bubble)."""
+    message = selectors.message_get(tenant=request.tenant, pk=pk)  # 404 for another tenant's id
+    try:
+        media_retry(tenant=request.tenant, message=message)
     except ValidationError as exc:
         return _error_response(request, _validation_errors(exc), message.conversation)
     if request.htmx:  # type: ignore[attr-defined]

@@ -23,9 +23,11 @@ from inbox.models import (
     Conversation,
     ConversationStatus,
     Direction,
+    MediaState,
     Message,
     MessageStatus,
     MessageTemplate,
+    MessageType,
     Reaction,
     SendState,
     TenantEvent,
@@ -119,6 +121,7 @@ CROSS_TENANT: dict[tuple[str, str], Case] = {
     ("api-message-list", "post"): lambda t: ({"pk": t.conversation.pk}, {"text": "hi", "client_id": "x-1"}),
     ("api-conversation-read", "post"): lambda t: ({"pk": t.conversation.pk}, {"message_id": t.message.pk}),
     ("api-message-media", "get"): lambda t: ({"pk": t.media.pk}, None),
+    ("api-message-media-retry", "post"): lambda t: ({"pk": t.media.pk}, None),
     ("api-message-reaction", "post"): lambda t: ({"pk": t.message.pk}, {"emoji": "👍"}),
     ("api-message-retry", "post"): lambda t: ({"pk": t.failed.pk}, None),
     ("api-contact-list", "get"): lambda t: ({}, None),
@@ -484,6 +487,54 @@ def test_it_serves_media_to_members_only(world: World, objs: Objects) -> None:
     assert response["X-Content-Type-Options"] == "nosniff"
     # A message without (downloaded) media: 404.
     assert_error(client_for(world.bob).get(turl("api-message-media", world.acme, pk=objs.acme.message.pk)), 404)
+
+
+def _failed_download(conversation: Conversation) -> Message:
+    return factories.make_message(
+        conversation,
+        type=MessageType.IMAGE,
+        text="",
+        media_id="media-gone",
+        media_mime_type="image/jpeg",
+        media_state=MediaState.FAILED,
+        media_error="Media too large",
+    )
+
+
+def test_it_retries_a_failed_media_download(world: World, objs: Objects) -> None:
+    failed = _failed_download(world.acme_conversation)
+    url = turl("api-message-media-retry", world.acme, pk=failed.pk)
+    with scopes_disabled():
+        events_before = TenantEvent.objects.filter(tenant=world.acme).count()
+    response = client_for(world.bob).post(url)
+    assert response.status_code == 200, response.json()
+    body = response.json()
+    assert body["id"] == failed.pk and body["media"]["state"] == "pending" and body["media"]["error"] == ""
+    with scopes_disabled():
+        failed.refresh_from_db()
+        assert failed.media_state == MediaState.PENDING
+        # Reported like any change of the message: message:new, in the tenant's log.
+        assert TenantEvent.objects.filter(tenant=world.acme).count() == events_before + 1
+    # Not failed (any more), an outbound message, a message without media: 400 in the error shape, nothing changed.
+    for message in (failed, objs.acme.media, objs.acme.failed, objs.acme.message):
+        error = assert_error(
+            client_for(world.bob).post(turl("api-message-media-retry", world.acme, pk=message.pk)),
+            400,
+            "validation_error",
+        )
+        assert "media" in error["fields"]
+    with scopes_disabled():
+        assert TenantEvent.objects.filter(tenant=world.acme).count() == events_before + 1
+
+
+def test_it_does_not_retry_another_tenants_media(world: World, objs: Objects) -> None:
+    theirs = _failed_download(world.globex_conversation)
+    for client, slug in ((client_for(world.alice), world.acme), (client_for(world.alice), world.globex)):
+        assert_error(client.post(turl("api-message-media-retry", slug, pk=theirs.pk)), 404, "not_found")
+    with scopes_disabled():
+        theirs.refresh_from_db()
+        assert (theirs.media_state, theirs.media_error) == (MediaState.FAILED, "Media too large")
+        assert not TenantEvent.objects.filter(tenant=world.globex).exists()
 
 
 # --- Contacts -------------------------------------------------------------------------------------------------------

@@ -798,6 +798,111 @@ async def test_leaving_or_disconnecting_stops_typing(world: World) -> None:
     await close(bob_ws)
 
 
+# --- the conversation list: typing and viewers of every conversation (activity:subscribe) ---------------------------
+
+
+def not_about(frames: list[Frame], conversation_id: int) -> bool:
+    return not [f for f in frames if f["data"].get("conversation_id") == conversation_id]
+
+
+async def test_the_list_gets_typing_and_viewers_of_conversations_it_has_not_joined(world: World) -> None:
+    """Sockets of the tenant that subscribed see typing and viewers of every conversation, without joining it;
+    another tenant's subscribed socket, and a socket that did not subscribe, get none of it; typing never goes back
+    to the typist's own sockets."""
+    conv = world.acme_conversation.pk
+    list_ws, _ = await open_socket(world.alice)  # alice's inbox shows the list; she has another conversation open
+    bob_ws, _ = await open_socket(world.bob)  # bob opens the conversation and types
+    bob_list_ws, _ = await open_socket(world.bob)  # bob's other tab, on the list
+    plain_ws, _ = await open_socket(world.alice)  # an integration's socket: never asked
+    charlie_ws, _ = await open_socket(world.charlie, "globex")
+    for ws in (list_ws, bob_list_ws, charlie_ws):
+        await send(ws, "activity:subscribe", {"conversation_ids": [conv]})
+    await send(charlie_ws, "ping")
+    await next_of(charlie_ws, "pong")  # its subscription (and its empty snapshot) is in place
+
+    await send(bob_ws, "conversation:join", {"conversation_id": conv})
+    viewers = await next_of(list_ws, "conversation:viewers")
+    assert viewers["seq"] is None and viewers["data"] == {"conversation_id": conv, "user_ids": [world.bob.pk]}
+    assert (await next_of(bob_list_ws, "conversation:viewers"))["data"]["user_ids"] == [world.bob.pk]
+    await send(bob_ws, "typing:start", {"conversation_id": conv})
+    start = await next_of(list_ws, "typing:start")
+    assert start["seq"] is None
+    assert start["data"] == {"conversation_id": conv, "user_id": world.bob.pk, "name": "Bob", "expires_in": 6000}
+    await send(bob_ws, "typing:stop", {"conversation_id": conv})
+    stop = await next_of(list_ws, "typing:stop")
+    assert stop["data"] == {"conversation_id": conv, "user_id": world.bob.pk, "name": "Bob"}
+    await send(bob_ws, "conversation:leave", {"conversation_id": conv})
+    assert (await next_of(list_ws, "conversation:viewers"))["data"] == {"conversation_id": conv, "user_ids": []}
+
+    # Exactly those frames on the list socket: each once.
+    assert await drain(list_ws) == []
+    # Bob's own list tab saw the viewers change but not his own typing.
+    bob_list = [f["type"] for f in await drain(bob_list_ws) if not f["type"].startswith("user:")]
+    assert "typing:start" not in bob_list and "typing:stop" not in bob_list
+    assert not_about(await drain(plain_ws), conv)  # not subscribed: as before this addition
+    assert not_about(await drain(charlie_ws), conv)  # another tenant: nothing at all
+    await close(list_ws, bob_ws, bob_list_ws, plain_ws, charlie_ws)
+
+
+async def test_subscribing_sends_who_views_the_listed_conversations_now(world: World) -> None:
+    conv, foreign = world.acme_conversation.pk, world.globex_conversation.pk
+    bob_ws, _ = await open_socket(world.bob)
+    charlie_ws, _ = await open_socket(world.charlie, "globex")
+    await send(bob_ws, "conversation:join", {"conversation_id": conv})
+    await next_of(bob_ws, "conversation:viewers")
+    await send(charlie_ws, "conversation:join", {"conversation_id": foreign})
+    await next_of(charlie_ws, "conversation:viewers")
+
+    alice_ws, _ = await open_socket(world.alice)
+    await send(alice_ws, "activity:subscribe", {"conversation_ids": [conv, foreign, 99999999]})
+    snapshot = await next_of(alice_ws, "conversation:viewers")
+    assert snapshot["data"] == {"conversation_id": conv, "user_ids": [world.bob.pk]}
+    # Nothing about the other tenant's conversation (charlie views it) nor the unknown id.
+    assert not_about(await drain(alice_ws), foreign)
+    await send(alice_ws, "activity:unsubscribe")
+    await send(alice_ws, "ping")
+    await next_of(alice_ws, "pong")
+    await send(bob_ws, "conversation:leave", {"conversation_id": conv})
+    assert not_about(await drain(alice_ws), conv)
+    await close(alice_ws, bob_ws, charlie_ws)
+
+
+async def test_a_socket_that_joined_and_subscribed_gets_each_frame_once(world: World) -> None:
+    conv = world.acme_conversation.pk
+    alice_ws, _ = await open_socket(world.alice)
+    bob_ws, _ = await open_socket(world.bob)
+    await send(alice_ws, "activity:subscribe", {"conversation_ids": []})
+    await send(alice_ws, "conversation:join", {"conversation_id": conv})
+    await next_of(alice_ws, "conversation:viewers")
+    await send(bob_ws, "conversation:join", {"conversation_id": conv})
+    await send(bob_ws, "typing:start", {"conversation_id": conv})
+    await send(bob_ws, "typing:stop", {"conversation_id": conv})
+    frames = [f["type"] for f in await drain(alice_ws, timeout=0.4) if not f["type"].startswith("user:")]
+    assert frames == ["conversation:viewers", "typing:start", "typing:stop"]
+    await close(alice_ws, bob_ws)
+
+
+async def test_stop_start_cycles_reach_the_list_at_most_once_per_throttle_period(world: World) -> None:
+    conv = world.acme_conversation.pk
+    alice_ws, _ = await open_socket(world.alice)
+    bob_ws, _ = await open_socket(world.bob)
+    viewer_ws, _ = await open_socket(world.alice)  # alice's tab that has the conversation open
+    await send(alice_ws, "activity:subscribe", {"conversation_ids": []})
+    for ws in (bob_ws, viewer_ws):
+        await send(ws, "conversation:join", {"conversation_id": conv})
+    for _ in range(5):
+        await send(bob_ws, "typing:start", {"conversation_id": conv})
+        await send(bob_ws, "typing:stop", {"conversation_id": conv})
+    await send(bob_ws, "ping")
+    await next_of(bob_ws, "pong")
+    listed = [f["type"] for f in await drain(alice_ws, timeout=0.4) if f["type"].startswith("typing")]
+    assert listed == ["typing:start", "typing:stop"]
+    # The thread view is unchanged: the viewer of the conversation still sees every start and stop.
+    viewed = [f["type"] for f in await drain(viewer_ws, timeout=0.4) if f["type"].startswith("typing")]
+    assert viewed == ["typing:start", "typing:stop"] * 5
+    await close(alice_ws, bob_ws, viewer_ws)
+
+
 # --- bad frames and abuse -------------------------------------------------------------------------------------------
 
 
@@ -822,6 +927,14 @@ BAD_FRAMES: list[tuple[str, str, str | None]] = [
     ('{"type": "message:read", "data": {"conversation_id": 1}}', "bad_data", "message:read"),
     ('{"type": "message:read", "data": {"conversation_id": 99999, "message_id": 1}}', "not_found", "message:read"),
     ('{"type": "sync", "data": {"since": 1e400}}', "bad_data", "sync"),
+    ('{"type": "activity:subscribe", "data": {"conversation_ids": 1}}', "bad_data", "activity:subscribe"),
+    ('{"type": "activity:subscribe", "data": {"conversation_ids": [true]}}', "bad_data", "activity:subscribe"),
+    ('{"type": "activity:subscribe", "data": {"conversation_ids": [0]}}', "bad_data", "activity:subscribe"),
+    (
+        '{"type": "activity:subscribe", "data": {"conversation_ids": ' + str(list(range(1, 102))) + "}}",
+        "bad_data",
+        "activity:subscribe",
+    ),
     ("x" * (64 * 1024 + 1), "too_large", None),
 ]
 

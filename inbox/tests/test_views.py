@@ -524,3 +524,63 @@ def test_the_list_pages_by_last_activity_without_repeats(world: World, monkeypat
             .values_list("pk", flat=True)
         )
     assert seen == expected and len(seen) == 5
+
+
+# --- Failed media downloads ----------------------------------------------------------------------------------------
+
+
+def _failed_download(conversation: Conversation) -> Message:
+    return factories.make_message(
+        conversation, type="image", text="", media_id="media-gone", media_state="failed", media_error="Media too large"
+    )
+
+
+def test_a_failed_download_offers_a_csrf_protected_retry_that_queues_it_again(world: World) -> None:
+    failed = _failed_download(world.acme_conversation)
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(world.bob)
+    page = client.get(f"/t/acme/conversations/{world.acme_conversation.pk}/").content.decode()
+    retry_path = f"/t/acme/messages/{failed.pk}/media/retry/"
+    bubble = page[page.index(f'id="msg-{failed.pk}"') :]
+    assert f'hx-post="{retry_path}"' in bubble and ">Retry download</button>" in bubble
+    assert 'name="csrfmiddlewaretoken"' in bubble[: bubble.index(">Retry download</button>")]
+    # Without the page's CSRF token: refused, nothing changed.
+    assert client.post(retry_path, **HTMX).status_code == 403
+    with scopes_disabled():
+        failed.refresh_from_db()
+        assert failed.media_state == "failed"
+    token = re.search(r'hx-headers=\'\{"X-CSRFToken": "([^"]+)"\}\'', page)
+    assert token is not None
+    response = client.post(retry_path, HTTP_X_CSRFTOKEN=token.group(1), **HTMX)
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert f'id="msg-{failed.pk}"' in html and "Image — downloading…" in html and "Retry download" not in html
+    with scopes_disabled():
+        failed.refresh_from_db()
+        assert (failed.media_state, failed.media_error) == ("pending", "")
+        assert TenantEvent.objects.filter(tenant=world.acme, type="message:new").count() == 1
+    # A second retry (the download is pending, not failed): a form error, nothing changed.
+    again = client.post(retry_path, HTTP_X_CSRFTOKEN=token.group(1), **HTMX)
+    assert again.status_code == 400 and "only a failed download" in again.content.decode()
+    with scopes_disabled():
+        assert TenantEvent.objects.filter(tenant=world.acme, type="message:new").count() == 1
+
+
+def test_retry_download_is_offered_only_for_failed_received_media(world: World) -> None:
+    c = world.acme_conversation
+    factories.make_message(c, type="image", text="", media_id="m1", media_state="pending")
+    factories.make_message(c, type="image", text="", media_state="failed", media_error="no media id")
+    html = logged_in(world.bob).get(f"/t/acme/conversations/{c.pk}/").content.decode()
+    assert "Retry download" not in html
+
+
+def test_another_tenants_failed_download_cannot_be_retried(world: World) -> None:
+    theirs = _failed_download(world.globex_conversation)
+    client = logged_in(world.alice)
+    for path in (f"/t/acme/messages/{theirs.pk}/media/retry/", f"/t/globex/messages/{theirs.pk}/media/retry/"):
+        assert client.post(path, **HTMX).status_code == 404, path
+    assert client.get(f"/t/acme/messages/{theirs.pk}/media/retry/", **HTMX).status_code == 405
+    with scopes_disabled():
+        theirs.refresh_from_db()
+        assert (theirs.media_state, theirs.media_error) == ("failed", "Media too large")
+        assert not TenantEvent.objects.filter(tenant=world.globex).exists()

@@ -17,6 +17,7 @@
   var unseenBelow = 0;
   var hiddenNew = 0;
   var typingTimers = {};
+  var typingNames = {};
   var fetchChains = {};
   var lastTypingSent = 0;
   var typingStopTimer = null;
@@ -307,14 +308,11 @@
         if (!html) { if (existing) { existing.remove(); } updateTitle(); return; }
         var row = fromHTML(html);
         if (Number(conversationId) === openConversationId()) { markActive(row); }
-        if (existing && existing.querySelector(".conv-typing:not([hidden])")) {
-          row.classList.add("is-typing");
-          row.querySelector(".conv-typing").hidden = false;
-        }
         if (existing) { existing.replaceWith(row); }
         placeRow(row);
         activate(row);
-        renderViewers(conversationId);
+        renderActivity(row);
+        if (!existing) { snapshotNewRowsSoon(); }
         updatePresence();
         updateTitle();
       });
@@ -403,13 +401,10 @@
     } else {
       delete typingTimers[key];
     }
+    typingNames[key] = data.name || typingNames[key] || memberName(data.user_id);
+    if (!on) { delete typingNames[key]; }
     var row = document.getElementById("conv-" + data.conversation_id);
-    var typists = Object.keys(typingTimers).filter(function (k) { return k.split(":")[0] === String(data.conversation_id); });
-    if (row) {
-      row.classList.toggle("is-typing", typists.length > 0);
-      var marker = row.querySelector(".conv-typing");
-      if (marker) { marker.hidden = typists.length === 0; }
-    }
+    if (row) { renderRowTyping(row); }
     if (Number(data.conversation_id) === openConversationId()) {
       var box = $("#typing");
       if (box) {
@@ -417,6 +412,18 @@
         var names = Object.keys(box.dataset).filter(function (k) { return /^u\d+$/.test(k); }).map(function (k) { return box.dataset[k]; });
         box.textContent = names.length ? names.join(", ") + (names.length > 1 ? " are typing…" : " is typing…") : "";
       }
+    }
+  }
+
+  function renderRowTyping(row) {
+    var prefix = row.dataset.conversationId + ":";
+    var names = Object.keys(typingTimers).filter(function (k) { return k.indexOf(prefix) === 0; })
+      .map(function (k) { return typingNames[k] || "Someone"; });
+    row.classList.toggle("is-typing", names.length > 0);
+    var marker = row.querySelector(".conv-typing");
+    if (marker) {
+      marker.hidden = names.length === 0;
+      marker.title = names.join(", ");
     }
   }
 
@@ -465,11 +472,67 @@
     var el = $('[data-viewers-for="' + conversationId + '"]');
     if (!el) { return; }
     var others = (viewersByConversation[conversationId] || []).filter(function (id) { return Number(id) !== me; });
-    var names = others.map(function (id) {
-      var option = $('#thread-header option[value][data-user-id="' + id + '"]');
-      return option ? option.dataset.userName : "an agent";
-    });
+    var names = others.map(memberName);
     el.textContent = names.length ? names.join(", ") + " viewing" : "";
+    el.title = names.length ? names.join(", ") + (names.length > 1 ? " have" : " has") + " this conversation open" : "";
+  }
+
+  function memberName(userId) {
+    var option = $('#team-names option[data-user-id="' + Number(userId) + '"]');
+    return option ? option.value : "an agent";
+  }
+
+  // --- The list follows every conversation's typing and viewers (activity:subscribe) ------------------------------
+
+  var snapshotted = new Set();  // rows whose current viewers this socket has asked for
+  var snapshotTimer = null;
+
+  var SNAPSHOT_MAX = 100;  // ids per activity:subscribe (the server's limit)
+
+  function rowsWithoutSnapshot() {
+    return $all(".conv-row").map(function (row) { return Number(row.dataset.conversationId); })
+      .filter(function (id) { return id > 0 && !snapshotted.has(id); });
+  }
+
+  // Called by the realtime client on every (re)connect, after `hello` reset what was known.
+  function listedConversationIds() {
+    var ids = rowsWithoutSnapshot();
+    if (ids.length > SNAPSHOT_MAX) { snapshotNewRowsSoon(); }  // the rest in the next subscribe
+    ids = ids.slice(0, SNAPSHOT_MAX);
+    ids.forEach(function (id) { snapshotted.add(id); });
+    return ids;
+  }
+
+  // Rows that appeared after the subscription (filters, "load more", a conversation moving into the list): ask
+  // for their viewers once; changes after that arrive live anyway.
+  function snapshotNewRowsSoon() {
+    clearTimeout(snapshotTimer);
+    snapshotTimer = setTimeout(function () {
+      var fresh = rowsWithoutSnapshot().slice(0, SNAPSHOT_MAX);
+      if (!rt || !fresh.length || !rt.subscribeActivity(fresh)) { return; }  // not connected: hello will ask
+      fresh.forEach(function (id) { snapshotted.add(id); });
+      snapshotNewRowsSoon();
+    }, 300);
+  }
+
+  function forgetActivity() {
+    snapshotted = new Set();
+    viewersByConversation = {};
+    Object.keys(typingTimers).forEach(function (key) {
+      var parts = key.split(":");
+      showTyping({ conversation_id: Number(parts[0]), user_id: Number(parts[1]) }, false);
+    });
+    $all("[data-viewers-for]").forEach(function (el) { el.textContent = ""; el.title = ""; });
+  }
+
+  // Rows rendered again by the server start blank: put back what the socket has told.
+  function renderActivity(root) {
+    var rows = root && root.classList && root.classList.contains("conv-row") ? [root] : $all(".conv-row", root);
+    rows.forEach(function (row) {
+      var id = row.dataset.conversationId;
+      renderViewers(id);
+      renderRowTyping(row);
+    });
   }
 
   // --- Toasts and notifications ------------------------------------------------------------------------------------
@@ -531,6 +594,7 @@
     switch (frame.type) {
       case "hello":
         if (data.server_time) { clockOffset = Date.parse(data.server_time) - Date.now() || 0; }
+        forgetActivity();  // a new socket: the subscription that follows sends a fresh snapshot
         online = new Set((data.online_user_ids || []).map(Number));
         updatePresence();
         break;
@@ -706,8 +770,10 @@
   });
 
   function autosize(textarea) {
-    textarea.style.height = "auto";
-    textarea.style.height = Math.min(textarea.scrollHeight, 160) + "px";
+    // Grow by the rows attribute, not an inline style: htmx's history snapshot re-parses the page's HTML, and a
+    // style attribute in it is an inline style that the Content-Security-Policy (style-src 'self') reports.
+    textarea.rows = 1;
+    while (textarea.rows < 6 && textarea.scrollHeight > textarea.clientHeight) { textarea.rows += 1; }
   }
 
   document.addEventListener("keydown", function (event) {
@@ -832,8 +898,10 @@
     if (link) { link.click(); link.focus(); }
   }
 
-  // Typing and viewers come only for the joined conversation: what is known of one left behind goes stale.
+  // Without the tenant-wide subscription typing and viewers come only for the joined conversation: what is known
+  // of one left behind would go stale. With it (the page always asks), the list keeps following every row.
   function forgetConversation(conversationId) {
+    if (rt && rt.activityIds) { return; }
     delete viewersByConversation[conversationId];
     renderViewers(conversationId);
     Object.keys(typingTimers).forEach(function (key) {
@@ -902,9 +970,15 @@
       list.dataset.filterQuery = filterQuery();
       setActiveRow(openConversationId());
       localizeTimes(list);
+      renderActivity(list);
+      snapshotNewRowsSoon();
       updatePresence();
       updateTitle();
       return;
+    }
+    if (!messagesBox() || !messagesBox().contains(target)) {  // e.g. "load more" put rows in place of its link
+      renderActivity($("#conversation-list"));
+      snapshotNewRowsSoon();
     }
     if (olderAnchor !== null && messagesBox()) {
       fixDividers();
@@ -949,7 +1023,8 @@
         url: scheme + window.location.host + app.dataset.wsPath,
         seq: app.dataset.seq,
         onFrame: onFrame,
-        onState: onState
+        onState: onState,
+        activity: listedConversationIds
       });
       window.inboxRealtime = rt;  // for the browser tests and the console
     }

@@ -37,6 +37,10 @@
     this.lastFrameAt = 0;
     this.joined = new Set();
     this.everLive = false;
+    // options.activity: a function returning the conversation ids on screen. When given, the client asks for the
+    // typing and viewers of every conversation of the tenant (activity:subscribe, docs/realtime.md), with a
+    // snapshot of who views the listed ones, on every (re)connect.
+    this.activityIds = options.activity || null;
   }
 
   RealtimeClient.prototype.start = function () {
@@ -152,13 +156,20 @@
     }
   };
 
+  // Also later, with the ids of rows that appeared since (a filter, "load more"): their viewers' snapshot.
+  RealtimeClient.prototype.subscribeActivity = function (conversationIds) {
+    var ids = (conversationIds || this.activityIds() || []).map(Number).filter(function (id) { return id > 0; }).slice(0, 100);
+    return this.send("activity:subscribe", { conversation_ids: ids });
+  };
+
   RealtimeClient.prototype.handle = function (frame) {
     var self = this;
     if (frame.type === "hello") {
       this.attempt = 0;
       this.requestSync();
       this.joined.forEach(function (id) { self.send("conversation:join", { conversation_id: id }); });
-      this.onFrame(frame);
+      this.onFrame(frame);  // first: the page forgets the old socket's typing and viewers before the snapshot
+      if (this.activityIds) { this.subscribeActivity(); }
       return;
     }
     if (frame.type === "sync:done") {

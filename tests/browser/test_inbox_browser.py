@@ -99,6 +99,34 @@ def test_typing_shows_for_the_colleague_and_clears(server: InboxServer, login: A
     expect(bob.page.locator(f"#conv-{acme} .conv-typing")).to_be_hidden()
 
 
+def test_the_list_shows_typing_and_viewers_of_a_conversation_the_agent_has_not_open(
+    server: InboxServer, login: Any
+) -> None:
+    acme, history = server.data["acme"]["conversation"], server.data["history"]["conversation"]
+    bob = login("bob")
+    open_conversation(bob.page, acme)
+    alice = login("alice")  # loads after bob opened it: the list's snapshot shows him at once
+    open_conversation(alice.page, history)
+    row = alice.page.locator(f"#conv-{acme}")
+    expect(row.locator(".viewers")).to_have_text("Bob Agent viewing")
+
+    bob.page.locator("#composer-text").press_sequentially("On it", delay=20)
+    expect(row.locator(".conv-typing")).to_be_visible()
+    expect(row.locator(".conv-typing")).to_have_text("typing…")
+    expect(row.locator(".conv-preview")).to_be_hidden()
+    expect(alice.page.locator("#typing")).to_have_text("")  # her open thread is another one
+    expect(alice.page.locator(f"#conv-{history} .conv-typing")).to_be_hidden()
+    screenshot(alice.page, "desktop-list-row-typing")
+    bob.page.locator("#composer-text").fill("")
+    expect(row.locator(".conv-typing")).to_be_hidden()
+    expect(row.locator(".conv-preview")).to_be_visible()
+
+    # Bob moves to the other conversation: alice's rows follow him.
+    open_conversation(bob.page, history)
+    expect(row.locator(".viewers")).to_have_text("")
+    expect(alice.page.locator(f"#conv-{history} .viewers")).to_have_text("Bob Agent viewing")
+
+
 def test_after_a_server_restart_both_pages_reconnect_and_show_what_they_missed_once(
     server: InboxServer, login: Any
 ) -> None:
@@ -259,3 +287,37 @@ def test_reply_react_and_attach(server: InboxServer, login: Any) -> None:
         expect(image).to_be_visible()
         agent.page.wait_for_function("img => img.complete && img.naturalWidth === 4", arg=image.element_handle())
     screenshot(page, "desktop-reply-react-attach")
+
+
+FAILED_DOWNLOAD = """
+from inbox.models import Conversation, Direction, MediaState, Message
+from inbox.whatsapp.sandbox import sandbox_media_store
+from tenants.scoping import scopes_disabled
+from tests.browser.test_inbox_browser import _png
+
+with scopes_disabled():
+    conversation = Conversation.objects.get(pk={conversation})
+    message = Message.objects.create(
+        tenant_id=conversation.tenant_id, conversation=conversation, number_id=conversation.number_id,
+        direction=Direction.INBOUND, type="image", text="", wa_message_id="wamid.RETRY1",
+        media_id=sandbox_media_store(_png(6, 6)), media_mime_type="image/png",
+        media_state=MediaState.FAILED, media_error="Media too large",
+    )
+    print(message.pk)
+"""
+
+
+def test_a_failed_download_is_retried_from_its_bubble(server: InboxServer, login: Any) -> None:
+    acme = server.data["acme"]["conversation"]
+    message_id = server.manage("shell", "-c", FAILED_DOWNLOAD.format(conversation=acme)).split()[-1]
+    alice, bob = login("alice"), login("bob")
+    for agent in (alice, bob):
+        open_conversation(agent.page, acme)
+    bubble = alice.page.locator(f"#msg-{message_id}")
+    expect(bubble.locator(".media-failed")).to_contain_text("could not be downloaded: Media too large")
+    bubble.get_by_role("button", name="Retry download").click()  # an htmx post with the page's CSRF token
+    for agent in (alice, bob):  # bob's page learns it over the socket (message:new)
+        image = agent.page.locator(f"#msg-{message_id} img.media-image")
+        expect(image).to_be_visible()
+        agent.page.wait_for_function("img => img.complete && img.naturalWidth === 6", arg=image.element_handle())
+        expect(agent.page.locator(f"#msg-{message_id}").get_by_role("button", name="Retry download")).to_have_count(0)
