@@ -77,27 +77,30 @@ def event_frame(event: TenantEvent) -> Frame:
     return frame(event.type, event.data, seq=event.seq, ts=event.created_at.isoformat().replace("+00:00", "Z"))
 
 
-def _next_seq(tenant_id: int) -> int:
-    """Increment the tenant's counter; the row lock is held until commit, which orders seq by commit."""
+def _next_seq(tenant_id: int, count: int = 1) -> int:
+    """Advance the tenant's counter by `count` and return its new value (the last seq allocated).
+
+    The row lock taken by the UPDATE is held until commit, which orders seq by commit.
+    """
     table = EventSequence._meta.db_table
+    bump = f"UPDATE {table} SET last_seq = last_seq + %s WHERE tenant_id = %s RETURNING last_seq"
     with connection.cursor() as cursor:
-        cursor.execute(
-            f"UPDATE {table} SET last_seq = last_seq + 1 WHERE tenant_id = %s RETURNING last_seq", [tenant_id]
-        )
+        cursor.execute(bump, [count, tenant_id])
         row = cursor.fetchone()
         if row is None:
             # First event of this tenant: create the counter (a concurrent creator loses on the PK and retries).
             try:
                 with transaction.atomic():
-                    cursor.execute(f"INSERT INTO {table} (tenant_id, last_seq) VALUES (%s, 1)", [tenant_id])
-                return 1
+                    cursor.execute(f"INSERT INTO {table} (tenant_id, last_seq) VALUES (%s, %s)", [tenant_id, count])
+                return count
             except IntegrityError:  # a concurrent first event created it; the row exists now
-                cursor.execute(
-                    f"UPDATE {table} SET last_seq = last_seq + 1 WHERE tenant_id = %s RETURNING last_seq", [tenant_id]
-                )
+                cursor.execute(bump, [count, tenant_id])
                 row = cursor.fetchone()
                 assert row is not None
         return int(row[0])
+
+
+EventItem = tuple[str, Mapping[str, Any], int | None]  # (wire type, data, conversation id)
 
 
 def emit(tenant_id: int, type_: str, data: Mapping[str, Any], *, conversation_id: int | None = None) -> TenantEvent:
@@ -106,16 +109,28 @@ def emit(tenant_id: int, type_: str, data: Mapping[str, Any], *, conversation_id
     Precondition: called inside transaction.atomic(), as late as possible in it (the tenant's counter row stays
     locked from here to commit, serialising the tenant's writers for that time).
     """
-    if type_ not in DURABLE_TYPES:
-        raise ValueError(f"{type_!r} is not a durable event type")
+    return emit_many(tenant_id, [(type_, data, conversation_id)])[0]
+
+
+def emit_many(tenant_id: int, items: list[EventItem]) -> list[TenantEvent]:
+    """emit() for several events of one change: consecutive seqs from one counter update and one INSERT."""
+    for type_, _, _ in items:
+        if type_ not in DURABLE_TYPES:
+            raise ValueError(f"{type_!r} is not a durable event type")
     if not transaction.get_connection().in_atomic_block:
         raise RuntimeError("events.emit() must run inside the transaction of the change it reports")
-    seq = _next_seq(tenant_id)
-    event = TenantEvent(tenant_id=tenant_id, seq=seq, type=type_, data=dict(data), conversation_id=conversation_id)
-    event.save(force_insert=True)
-    message: LayerEvent = {"type": LAYER_EVENT, "frame": event_frame(event)}
-    transaction.on_commit(lambda: group_send(tenant_group(tenant_id), message), robust=True)
-    return event
+    last = _next_seq(tenant_id, len(items))
+    first = last - len(items) + 1
+    logged = [
+        TenantEvent(tenant_id=tenant_id, seq=first + i, type=type_, data=dict(data), conversation_id=conversation_id)
+        for i, (type_, data, conversation_id) in enumerate(items)
+    ]
+    TenantEvent.objects.bulk_create(logged)
+    messages: list[LayerEvent] = [{"type": LAYER_EVENT, "frame": event_frame(event)} for event in logged]
+    group = tenant_group(tenant_id)
+
+    transaction.on_commit(lambda: group_send_many(group, messages), robust=True)
+    return logged
 
 
 def group_send(group: str, message: Mapping[str, Any]) -> None:
@@ -125,6 +140,25 @@ def group_send(group: str, message: Mapping[str, Any]) -> None:
         return
     try:
         async_to_sync(layer.group_send)(group, dict(message))
+    except Exception:  # Redis down: the write has committed; clients catch up from the event log
+        logger.warning("channel layer send to %s failed", group, exc_info=True)
+
+
+def group_send_many(group: str, messages: list[LayerEvent]) -> None:
+    """Send several messages to a group in order, with one hop into the event loop for all of them."""
+    if len(messages) == 1:
+        group_send(group, messages[0])
+        return
+    layer = get_channel_layer()
+    if layer is None:
+        return
+
+    async def send_all() -> None:
+        for message in messages:
+            await layer.group_send(group, dict(message))
+
+    try:
+        async_to_sync(send_all)()
     except Exception:  # Redis down: the write has committed; clients catch up from the event log
         logger.warning("channel layer send to %s failed", group, exc_info=True)
 

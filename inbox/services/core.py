@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from accounts.models import User
 from inbox import events
-from inbox.models import Contact, Conversation, ConversationStatus, Direction, Message, ReadMarker
+from inbox.models import Contact, Conversation, ConversationStatus, Direction, Message, Reaction, ReadMarker
 from inbox.serializers import conversation_data, message_data
 from inbox.status import StatusError, status_apply
 from inbox.tasking import enqueue_on_commit
@@ -85,20 +85,21 @@ def conversation_open_or_get(*, tenant: Tenant, number: WhatsAppNumber, contact:
     return conversation
 
 
+def _conversation_item(conversation: Conversation) -> events.EventItem:
+    return (events.CONVERSATION_UPDATED, conversation_data(conversation), conversation.pk)
+
+
 def conversation_emit(conversation: Conversation) -> None:
-    """Log conversation:updated with the conversation as the REST API returns it."""
+    """Log conversation:updated with the conversation as the REST API returns it (re-read: callers may hold a
+    partial or stale instance)."""
     conversation = Conversation.objects.select_related("contact", "number", "assignee", "last_message").get(
         pk=conversation.pk
     )
-    events.emit(
-        conversation.tenant_id,
-        events.CONVERSATION_UPDATED,
-        conversation_data(conversation),
-        conversation_id=conversation.pk,
-    )
+    events.emit_many(conversation.tenant_id, [_conversation_item(conversation)])
 
 
 def message_emit_new(message: Message) -> None:
+    """Log message:new with the message as the REST API returns it (re-read, with its current reactions)."""
     message = Message.objects.select_related("sender", "tenant").prefetch_related("reactions").get(pk=message.pk)
     events.emit(message.tenant_id, events.MESSAGE_NEW, message_data(message), conversation_id=message.conversation_id)
 
@@ -126,8 +127,13 @@ def message_append(*, conversation: Conversation, message: Message) -> Message:
             conversation.status = ConversationStatus.OPEN
             fields.append("status")
     conversation.save(update_fields=fields)
-    message_emit_new(message)
-    conversation_emit(conversation)
+    # Both objects are current (the conversation is locked and was just saved; the message was just inserted), so
+    # they are serialised as they are instead of being read back: a new message has no reactions yet.
+    message._prefetched_objects_cache = {"reactions": Reaction.objects.none()}  # type: ignore[attr-defined]
+    events.emit_many(
+        conversation.tenant_id,
+        [(events.MESSAGE_NEW, message_data(message), conversation.pk), _conversation_item(conversation)],
+    )
     return message
 
 

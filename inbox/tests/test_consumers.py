@@ -773,6 +773,8 @@ async def test_typing_is_throttled_and_stopped_explicitly(world: World, settings
     conv = world.acme_conversation.pk
     for ws in (alice_ws, bob_ws):
         await send(ws, "conversation:join", {"conversation_id": conv})
+        await next_of(ws, "conversation:viewers")
+    await next_of(alice_ws, "conversation:viewers")  # bob's join: he is in the group before alice types
     for _ in range(5):  # one per keystroke
         await send(alice_ws, "typing:start", {"conversation_id": conv})
     await send(alice_ws, "typing:stop", {"conversation_id": conv})
@@ -791,6 +793,8 @@ async def test_leaving_or_disconnecting_stops_typing(world: World) -> None:
     conv = world.acme_conversation.pk
     for ws in (alice_ws, bob_ws):
         await send(ws, "conversation:join", {"conversation_id": conv})
+        await next_of(ws, "conversation:viewers")
+    await next_of(alice_ws, "conversation:viewers")  # bob's join: he is in the group before alice types
     await send(alice_ws, "typing:start", {"conversation_id": conv})
     await next_of(bob_ws, "typing:start")
     await alice_ws.disconnect()
@@ -891,6 +895,7 @@ async def test_stop_start_cycles_reach_the_list_at_most_once_per_throttle_period
     await send(alice_ws, "activity:subscribe", {"conversation_ids": []})
     for ws in (bob_ws, viewer_ws):
         await send(ws, "conversation:join", {"conversation_id": conv})
+        await next_of(ws, "conversation:viewers")
     for _ in range(5):
         await send(bob_ws, "typing:start", {"conversation_id": conv})
         await send(bob_ws, "typing:stop", {"conversation_id": conv})
