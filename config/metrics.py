@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from prometheus_client import Counter, Gauge, Histogram
 
 OPEN_SOCKETS = Gauge("inbox_open_sockets", "WebSocket connections currently open in this process")
@@ -20,3 +22,14 @@ WEBHOOK_LAG = Histogram(
 WEBHOOKS_RECEIVED = Counter("inbox_webhooks_received_total", "Webhook POSTs by signature verdict", ["signature"])
 SEND_FAILURES = Counter("inbox_send_failures_total", "Outbound sends that failed, by Meta error code", ["code"])
 QUEUE_DEPTH = Gauge("inbox_celery_queue_depth", "Tasks waiting in a Celery queue (read at scrape time)", ["queue"])
+
+
+def observe_delivery(ts: str | None) -> None:
+    """Record the time from a durable event's write (its frame's `ts`) to now."""
+    if not ts:
+        return
+    try:
+        written = datetime.fromisoformat(ts.replace("Z", "+00:00"))
+    except ValueError:
+        return
+    E2E_LATENCY.observe(max(0.0, (datetime.now(UTC) - written).total_seconds()))

@@ -37,6 +37,7 @@ from django.db.models import Min
 from django.http.cookie import parse_cookie
 
 from accounts.models import User
+from config import metrics
 from inbox import events, presence
 from inbox.models import Conversation, EventSequence, Message, TenantEvent
 from inbox.services import read_marker_set
@@ -337,6 +338,7 @@ class InboxConsumer(AsyncWebsocketConsumer):
             await self._shutdown(CLOSE_FORBIDDEN)
             return
         self.authenticated = True
+        metrics.OPEN_SOCKETS.inc()
         became_online = await self._presence(presence.connection_touch, self.tenant_id, self.user_id, self.conn_id)
         online = await self._presence(presence.online_user_ids, self.tenant_id)
         await self._send_frame(
@@ -370,6 +372,7 @@ class InboxConsumer(AsyncWebsocketConsumer):
         if not getattr(self, "authenticated", False):
             return
         self.authenticated = False
+        metrics.OPEN_SOCKETS.dec()
         _sweeper().discard(self)
         tasks = [self.loop_task, self.sync_task, self.first_wait, *(task for _, task in self.typing.values())]
         for task in tasks:
@@ -778,6 +781,10 @@ class InboxConsumer(AsyncWebsocketConsumer):
         if self.closing:
             return
         await self.send(text_data=json.dumps(frame, cls=DjangoJSONEncoder))
+        metrics.FRAMES_SENT.labels(type=frame["type"]).inc()
+        if frame.get("seq") is not None and getattr(self, "syncing", True) is False:
+            # Live durable frames only (a replay's age is not latency): from the event's write to this send.
+            metrics.observe_delivery(frame.get("ts"))
 
     async def _error(self, code: str, message: str, ref: str | None, **extra: Any) -> None:
         await self._send_frame(events.frame("error", {"code": code, "message": message, "ref": ref, **extra}, seq=None))

@@ -19,6 +19,8 @@ from channels.layers import get_channel_layer
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
+from config import metrics
+
 from .models import EventSequence, TenantEvent
 
 logger = logging.getLogger(__name__)
@@ -140,8 +142,14 @@ def group_send(group: str, message: Mapping[str, Any]) -> None:
         return
     try:
         async_to_sync(layer.group_send)(group, dict(message))
+        metrics.EVENTS_SENT.labels(kind="durable" if _is_durable(message) else "other").inc()
     except Exception:  # Redis down: the write has committed; clients catch up from the event log
         logger.warning("channel layer send to %s failed", group, exc_info=True)
+
+
+def _is_durable(message: Mapping[str, Any]) -> bool:
+    frame = message.get("frame")
+    return isinstance(frame, dict) and frame.get("seq") is not None
 
 
 def group_send_many(group: str, messages: list[LayerEvent]) -> None:
@@ -159,6 +167,7 @@ def group_send_many(group: str, messages: list[LayerEvent]) -> None:
 
     try:
         async_to_sync(send_all)()
+        metrics.EVENTS_SENT.labels(kind="durable").inc(len(messages))
     except Exception:  # Redis down: the write has committed; clients catch up from the event log
         logger.warning("channel layer send to %s failed", group, exc_info=True)
 

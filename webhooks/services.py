@@ -18,6 +18,7 @@ from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
+from config import metrics
 from inbox.services import inbound
 from tenants.models import WhatsAppNumber
 from tenants.scoping import tenant_scope
@@ -70,6 +71,7 @@ def webhook_ingest(*, raw_body: bytes, signature_header: str | None, headers: Ma
     else:
         verdict = SignatureVerdict.INVALID
     accepted = verdict == SignatureVerdict.VALID
+    metrics.WEBHOOKS_RECEIVED.labels(signature=verdict).inc()
     with transaction.atomic():
         event = WebhookEvent.objects.create(
             raw_body=raw_body if accepted else raw_body[:REJECTED_BODY_KEEP],
@@ -135,6 +137,7 @@ def webhook_process(event_id: int) -> WebhookEvent | None:
                 logger.exception("webhook %s change %s failed", event.pk, index)
                 failures.append(f"change {index} ({change.field}): {type(exc).__name__}: {exc}")
     state = ProcessingState.FAILED if failures else ProcessingState.PROCESSED
+    metrics.WEBHOOK_LAG.observe(max(0.0, (timezone.now() - event.received_at).total_seconds()))
     WebhookEvent.objects.filter(pk=event.pk).update(
         state=state, last_error="\n".join(failures + notes)[:10000], processed_at=timezone.now()
     )

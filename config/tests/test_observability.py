@@ -71,3 +71,13 @@ def test_json_log_lines_carry_tenant_and_request_ids_and_never_secrets() -> None
 def test_redaction(text: str) -> None:
     out = redact(text)
     assert "hunter2" not in out and "EAAGabc123" not in out and "c2lnbmF0dXJl" not in out
+
+
+@pytest.mark.django_db
+def test_webhooks_are_counted_by_signature_verdict(client: Client, world) -> None:  # type: ignore[no-untyped-def]
+    from prometheus_client import REGISTRY
+
+    before = REGISTRY.get_sample_value("inbox_webhooks_received_total", {"signature": "missing"}) or 0
+    response = client.post("/webhooks/whatsapp/", data=b"{}", content_type="application/json")
+    assert response.status_code == 403
+    assert REGISTRY.get_sample_value("inbox_webhooks_received_total", {"signature": "missing"}) == before + 1

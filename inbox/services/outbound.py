@@ -23,6 +23,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from accounts.models import User
+from config import metrics
 from inbox.models import (
     MEDIA_TYPES,
     Conversation,
@@ -402,8 +403,9 @@ def _handle_error(message: Message, exc: GraphError) -> str:
         logger.info("send of message %s failed (%s), retry %s in %.1fs", message.pk, exc, attempts, delay)
         _schedule_retry(message, delay)
         return "retry"
-    # Logged at warning so that alerting on the logs sees sends that will not arrive.
-    logger.warning("send of message %s failed for good after %s attempt(s): %s", message.pk, attempts, exc)
+    # The alert: logged at ERROR (alerting on the logs sees sends that will not arrive) and counted by code.
+    logger.error("ALERT send of message %s failed for good after %s attempt(s): %s", message.pk, attempts, exc)
+    metrics.SEND_FAILURES.labels(code=str(exc.code)).inc()
     with transaction.atomic():
         Message.objects.filter(pk=message.pk).update(send_state=SendState.FAILED, send_next_attempt_at=None)
         message_status_set(message=message, status="failed", error=exc.as_status_error())

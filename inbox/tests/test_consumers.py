@@ -978,3 +978,23 @@ async def test_a_flood_gets_error_frames_then_4429(world: World, settings: Any) 
     assert output["code"] == 4429
     kinds = [(f["type"], f["data"].get("code")) for f in received if not f["type"].startswith("user:")]
     assert kinds == [("pong", None)] * 5 + [("error", "rate_limited")] * 3
+
+
+async def test_open_sockets_frames_and_delivery_latency_are_measured(world: World) -> None:
+    from prometheus_client import REGISTRY
+
+    def sample(name: str, labels: dict[str, str] | None = None) -> float:
+        return REGISTRY.get_sample_value(name, labels or {}) or 0.0
+
+    sockets, hellos = sample("inbox_open_sockets"), sample("inbox_frames_sent_total", {"type": "hello"})
+    delivered = sample("inbox_event_delivery_seconds_count")
+    alice_ws, _ = await open_socket(world.alice)
+    assert sample("inbox_open_sockets") == sockets + 1
+    assert sample("inbox_frames_sent_total", {"type": "hello"}) == hellos + 1
+    await send(alice_ws, "sync", {"since": 0})
+    await next_of(alice_ws, "sync:done")
+    await database_sync_to_async(append_messages)(world.acme_conversation.pk, world.acme.pk, 1)
+    await durable_frames(alice_ws, 2)
+    assert sample("inbox_event_delivery_seconds_count") >= delivered + 2
+    await alice_ws.disconnect()
+    assert sample("inbox_open_sockets") == sockets

@@ -10,6 +10,7 @@ import pytest
 from django.core.exceptions import ValidationError
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.utils import timezone
+from prometheus_client import REGISTRY
 
 from inbox.models import Direction, Message, MessageTemplate, Reaction, SendState, TenantEvent
 from inbox.services.outbound import (
@@ -255,8 +256,11 @@ def test_permanent_errors_fail_at_once_with_metas_code(
     detail: str,
 ) -> None:
     fake_graph.script("POST", f"/{live_number.phone_number_id}/messages", reply)
+    failures_before = REGISTRY.get_sample_value("inbox_send_failures_total", {"code": str(code)}) or 0
     message, _ = send(text="hello")
     assert (message.send_state, message.status) == (SendState.FAILED, "failed")
+    # the alert: counted by Meta's code for /metrics
+    assert REGISTRY.get_sample_value("inbox_send_failures_total", {"code": str(code)}) == failures_before + 1
     assert (message.error_code, message.error_title, message.error_detail) == (code, title, detail)
     assert message.failed_at is not None
     assert len(fake_graph.sent()) == 1
