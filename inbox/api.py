@@ -358,7 +358,9 @@ class MessageListApi(TenantApiView):
             filename=v["filename"] or (media.name if media is not None else ""),
             template=_template_payload(template) if template else None,
         )
-        message = selectors.message_get(tenant=self.tenant, pk=message.pk)
+        if not created:  # a retry with a known client id: answer with the message as it is now
+            message = selectors.message_get(tenant=self.tenant, pk=message.pk)
+        # A new message is answered as written (the same data its message:new frame carries), without reading it back.
         return Response(
             MessageOutputSerializer(message).data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK
         )
