@@ -303,7 +303,13 @@
   function refreshRow(conversationId) {
     var base = app.dataset.baseUrl + "conversations/" + conversationId + "/row/";
     return chained("row-" + conversationId, function () {
-      return getHTML(base + "?" + filterQuery()).then(function (html) {
+      var query = filterQuery();
+      return getHTML(base + "?" + query).then(function (html) {
+        if (query !== filterQuery()) {
+          // The agent changed tab or filter while this was on its way: the answer is for the old list. Ask again.
+          window.setTimeout(function () { refreshRow(conversationId); }, 0);
+          return;
+        }
         var existing = document.getElementById("conv-" + conversationId);
         if (!html) { if (existing) { existing.remove(); } updateTitle(); return; }
         var row = fromHTML(html);
