@@ -1,0 +1,53 @@
+"""The project's ASGI application plus one bench-only WebSocket route: a bare Channels echo consumer.
+
+/bench/echo/ is the R_typing baseline (client sends, the consumer's receive() sends it straight back: Daphne and
+Channels dispatch, no auth, no layer, no JSON). Every other path goes to the project's own WebSocket stack.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from django.core.asgi import get_asgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bench.settings")
+django_asgi_app = get_asgi_application()
+
+from channels.generic.websocket import AsyncWebsocketConsumer  # noqa: E402
+from channels.routing import ProtocolTypeRouter  # noqa: E402
+
+from inbox.routing import websocket_application  # noqa: E402
+
+if os.environ.get("BENCH_EXPERIMENT") == "no-dispatch-close":
+    # A/B experiment only (docs/performance.md): Channels' AsyncConsumer.dispatch hops to the sync thread to close
+    # stale DB connections before every message; the consumer's own DB calls (database_sync_to_async) do it anyway.
+    from channels.consumer import get_handler_name
+
+    from inbox.consumers import InboxConsumer
+
+    async def _dispatch(self: Any, message: dict[str, Any]) -> None:
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"No handler for message type {message['type']}")
+        await handler(message)
+
+    InboxConsumer.dispatch = _dispatch  # type: ignore[method-assign]
+
+
+class EchoConsumer(AsyncWebsocketConsumer):
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        await self.send(text_data=text_data, bytes_data=bytes_data)
+
+
+echo_app = EchoConsumer.as_asgi()
+
+
+async def websocket_router(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    if scope["path"] == "/bench/echo/":
+        await echo_app(scope, receive, send)
+    else:
+        await websocket_application(scope, receive, send)
+
+
+application = ProtocolTypeRouter({"http": django_asgi_app, "websocket": websocket_router})
