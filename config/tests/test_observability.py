@@ -81,3 +81,15 @@ def test_webhooks_are_counted_by_signature_verdict(client: Client, world) -> Non
     response = client.post("/webhooks/whatsapp/", data=b"{}", content_type="application/json")
     assert response.status_code == 403
     assert REGISTRY.get_sample_value("inbox_webhooks_received_total", {"signature": "missing"}) == before + 1
+
+
+def test_cache_objects_share_one_redis_pool_per_process(settings) -> None:  # type: ignore[no-untyped-def]
+    """Under ASGI each request context gets its own cache object; they must not each open Redis connections."""
+    from django.core.cache.backends.redis import RedisCache
+
+    options = {"pool_class": "config.redis_pool.SharedConnectionPool"}
+    first = RedisCache("redis://127.0.0.1:6379/15", {"OPTIONS": options})
+    second = RedisCache("redis://127.0.0.1:6379/15", {"OPTIONS": options})
+    assert first._cache._get_connection_pool(True) is second._cache._get_connection_pool(True)
+    other_db = RedisCache("redis://127.0.0.1:6379/14", {"OPTIONS": options})
+    assert other_db._cache._get_connection_pool(True) is not first._cache._get_connection_pool(True)
