@@ -499,46 +499,44 @@ def _template_payload(request: TenantRequest, conversation: Conversation) -> dic
     return {"name": template.name, "language": template.language, "parameters": params}
 
 
-@require_POST
-@tenant_view
-def message_retry(request: TenantRequest, pk: int) -> HttpResponse:
-    message = selectors.message_get(tenant=request.tenant, pk=pk)
+def _message_action(request: TenantRequest, pk: int, action: Callable[[Message], object]) -> HttpResponse:
+    """Run an action on one of the tenant's messages; answer with its re-rendered bubble (htmx) or a redirect."""
+    message = selectors.message_get(tenant=request.tenant, pk=pk)  # 404 for another tenant's id
     try:
-        message = outbound_retry(tenant=request.tenant, message=message, user=request.user)
+        action(message)
     except ValidationError as exc:
         return _error_response(request, _validation_errors(exc), message.conversation)
     if request.htmx:  # type: ignore[attr-defined]
         return _bubble(request, selectors.message_get(tenant=request.tenant, pk=message.pk))
     return HttpResponseRedirect(_conversation_url(request, message.conversation))
+
+
+@require_POST
+@tenant_view
+def message_retry(request: TenantRequest, pk: int) -> HttpResponse:
+    """Send a failed outbound message again."""
+    return _message_action(
+        request, pk, lambda message: outbound_retry(tenant=request.tenant, message=message, user=request.user)
+    )
 
 
 @require_POST
 @tenant_view
 def message_media_retry(request: TenantRequest, pk: int) -> HttpResponse:
     """Download a received file again after its download failed ("Retry download" on the bubble)."""
-    message = selectors.message_get(tenant=request.tenant, pk=pk)  # 404 for another tenant's id
-    try:
-        media_retry(tenant=request.tenant, message=message)
-    except ValidationError as exc:
-        return _error_response(request, _validation_errors(exc), message.conversation)
-    if request.htmx:  # type: ignore[attr-defined]
-        return _bubble(request, selectors.message_get(tenant=request.tenant, pk=message.pk))
-    return HttpResponseRedirect(_conversation_url(request, message.conversation))
+    return _message_action(request, pk, lambda message: media_retry(tenant=request.tenant, message=message))
 
 
 @require_POST
 @tenant_view
 def message_react(request: TenantRequest, pk: int) -> HttpResponse:
     """Put (or, with an empty emoji, take back) the agent's reaction on a message."""
-    message = selectors.message_get(tenant=request.tenant, pk=pk)
     emoji = (request.POST.get("emoji") or "").strip()[:32]
-    try:
-        reaction_send(tenant=request.tenant, message=message, user=request.user, emoji=emoji)
-    except ValidationError as exc:
-        return _error_response(request, _validation_errors(exc), message.conversation)
-    if request.htmx:  # type: ignore[attr-defined]
-        return _bubble(request, selectors.message_get(tenant=request.tenant, pk=message.pk))
-    return HttpResponseRedirect(_conversation_url(request, message.conversation))
+    return _message_action(
+        request,
+        pk,
+        lambda message: reaction_send(tenant=request.tenant, message=message, user=request.user, emoji=emoji),
+    )
 
 
 @require_POST
