@@ -153,7 +153,9 @@ if _db["ENGINE"] == "django.db.backends.postgresql":
         _db.setdefault("OPTIONS", {})["pool"] = {
             "min_size": env_int("DATABASE_POOL_MIN", default=2),
             "max_size": env_int("DATABASE_POOL_MAX", default=16),
-            "timeout": 10,
+            # How long a request waits for a connection: short, so that with PostgreSQL down the webhook answers
+            # 503 (and Meta retries) well within Meta's and clients' own timeouts.
+            "timeout": env_float("DATABASE_POOL_TIMEOUT", default=5.0),
         }
 elif _db["ENGINE"] == "django.db.backends.sqlite3":
     # Several threads write under Daphne: take the write lock at BEGIN so two writers queue instead of deadlocking.
