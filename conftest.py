@@ -26,7 +26,7 @@ def pytest_configure(config: pytest.Config) -> None:
         missing = [name for name in ("DATABASE_URL", "REDIS_URL") if not os.environ.get(name)]
         if missing:
             raise pytest.UsageError(f"REQUIRE_SERVICES=1 but {', '.join(missing)} not set")
-        if settings.DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql":
+        if not settings.USING_POSTGRES:
             raise pytest.UsageError("REQUIRE_SERVICES=1 needs DATABASE_URL to point at PostgreSQL")
         import redis
 

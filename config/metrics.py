@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import time
+from datetime import datetime
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -24,12 +25,22 @@ SEND_FAILURES = Counter("inbox_send_failures_total", "Outbound sends that failed
 QUEUE_DEPTH = Gauge("inbox_celery_queue_depth", "Tasks waiting in a Celery queue (read at scrape time)", ["queue"])
 
 
+def written_at(ts: str | None) -> float:
+    """A frame's `ts` as a Unix time (0.0 when missing or unreadable)."""
+    if not ts:
+        return 0.0
+    try:
+        return datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return 0.0
+
+
+def observe_since(written: float) -> None:
+    """Record the time from a durable event's write (a Unix time from written_at) to now."""
+    if written:
+        E2E_LATENCY.observe(max(0.0, time.time() - written))
+
+
 def observe_delivery(ts: str | None) -> None:
     """Record the time from a durable event's write (its frame's `ts`) to now."""
-    if not ts:
-        return
-    try:
-        written = datetime.fromisoformat(ts.replace("Z", "+00:00"))
-    except ValueError:
-        return
-    E2E_LATENCY.observe(max(0.0, (datetime.now(UTC) - written).total_seconds()))
+    observe_since(written_at(ts))

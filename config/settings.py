@@ -217,7 +217,8 @@ if REDIS_URL:
     # A task whose worker dies is redelivered after this long (acks_late); it must exceed the longest task.
     CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 300}
 else:  # one process: the in-memory layer cannot reach other processes, so tasks run inline
-    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    # Each group is one channel per process (inbox.consumers.Hub): room for a burst of a busy tenant's events.
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer", "CONFIG": {"capacity": 10_000}}}
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
     CELERY_BROKER_URL = "memory://"
     CELERY_TASK_ALWAYS_EAGER = True

@@ -25,14 +25,17 @@ from typing import Any, Final
 from urllib.parse import parse_qs, urlparse
 
 from asgiref.sync import sync_to_async
+from autobahn.exception import Disconnected
 from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
+from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
+from channels.layers import get_channel_layer
 from channels.security.websocket import OriginValidator
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.serializers.json import DjangoJSONEncoder
-from django.db.models import Min
+from django.db.models import Subquery
 from django.http.cookie import parse_cookie
 
 from accounts.models import User
@@ -43,7 +46,7 @@ from inbox.services import read_marker_set
 from tenants.models import Membership, Tenant
 from tenants.scoping import tenant_scope
 from tenants.selectors import membership_get
-from tenants.tickets import ticket_consume
+from tenants.tickets import ticket_membership, ticket_spend
 
 logger = logging.getLogger(__name__)
 
@@ -163,13 +166,16 @@ def _authenticate(scope: dict[str, Any], slug: str) -> tuple[Membership | None, 
     ticket = ticket_param(scope)
     if ticket is not None:
         # Ticket clients need no cookie and may send no Origin; a foreign Origin never got this far (403).
-        user = ticket_consume(token=ticket, tenant_slug=slug)
-        if user is None:
+        spent = ticket_spend(token=ticket, tenant_slug=slug)
+        if spent is None:
             return None, CLOSE_UNAUTHENTICATED, ""
+        membership = ticket_membership(user_id=spent[0], tenant_id=spent[1])
+        if membership is None:
+            return None, CLOSE_FORBIDDEN, ""
         return (
-            membership_get(user=user, tenant_slug=slug),
+            membership,
             CLOSE_FORBIDDEN,
-            credential_stamp(user.password, user.credentials_epoch),
+            credential_stamp(membership.user.password, membership.user.credentials_epoch),
         )
     # A cookie is sent by the browser whatever page opened the socket: trust it only from our own origins.
     # (routing.ForeignOriginGuard refuses a cookie without an Origin with 403 already; this is the second line.)
@@ -201,8 +207,19 @@ def _still_allowed(tenant_id: int, user_id: int, stamp: str) -> bool:
 
 def _handshake_state(tenant_id: int, user_id: int, stamp: str) -> tuple[bool, int]:
     """(still allowed, log head), read after the socket joined its groups: a revocation committed during the
-    handshake either shows here or sends its notice to a socket that already listens."""
-    return _still_allowed(tenant_id, user_id, stamp), _head(tenant_id)
+    handshake either shows here or sends its notice to a socket that already listens. One query."""
+    with tenant_scope(tenant_id):
+        head = EventSequence.objects.filter(tenant_id=tenant_id).values("last_seq")[:1]
+        row = (
+            Membership.objects.filter(user_id=user_id, is_active=True, user__is_active=True)
+            .annotate(head=Subquery(head))
+            .values_list("user__password", "user__credentials_epoch", "head")
+            .first()
+        )
+    if row is None:
+        return False, 0
+    password, epoch, last = row
+    return credential_stamp(password, epoch) == stamp, int(last or 0)
 
 
 def _head(tenant_id: int) -> int:
@@ -212,15 +229,21 @@ def _head(tenant_id: int) -> int:
 
 
 def _sync_gap(tenant_id: int, since: int) -> tuple[bool, int]:
-    """(whether events after `since` are no longer all retained, the head)."""
-    head = _head(tenant_id)
+    """(whether events after `since` are no longer all retained, the head), in one query."""
+    with tenant_scope(tenant_id):
+        oldest = TenantEvent.objects.filter(tenant_id=tenant_id).order_by("seq").values("seq")[:1]
+        row = (
+            EventSequence.objects.filter(tenant_id=tenant_id)
+            .annotate(oldest=Subquery(oldest))
+            .values_list("last_seq", "oldest")
+            .first()
+        )
+    head, first = (int(row[0] or 0), row[1]) if row else (0, None)
     if since > head:
         return True, head  # a seq the log never reached: the client's state is from another log
     if since == head:
         return False, head
-    with tenant_scope(tenant_id):
-        oldest = TenantEvent.objects.aggregate(oldest=Min("seq"))["oldest"]
-    return oldest is None or oldest > since + 1, head
+    return first is None or first > since + 1, head
 
 
 def _events_after(tenant_id: int, after: int, upto: int | None, limit: int) -> list[events.Frame]:
@@ -276,9 +299,156 @@ def _reap_due(tenant_id: int, interval: float) -> bool:
     return True
 
 
+class _HubGroup:
+    """One channel-layer group as this process sees it: one layer channel subscribed to it, the local sockets in it."""
+
+    __slots__ = ("name", "members", "lock", "channel", "reader")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.members: set[InboxConsumer] = set()
+        self.lock = asyncio.Lock()
+        self.channel: str | None = None  # set once subscribed
+        self.reader: asyncio.Task[None] | None = None
+
+
+class Hub:
+    """The process's side of the channel layer for every socket: each group is joined once, by one layer channel.
+
+    Channels gives every consumer its own layer channel and delivers a group message by putting it on each member's
+    queue; each consumer then decodes it, wakes its dispatch loop (a task and an `asyncio.wait` per message), encodes
+    the frame and sends it. With a tenant event fanned out to every socket of the tenant that was most of a Daphne
+    process's CPU (docs/performance.md). Here one reader per group decodes the message once and hands it to each local
+    member in turn (`InboxConsumer.hub_deliver`, which sends without suspending or passes the frame to the socket's
+    own ordered slow path), and sockets hold no layer channel, queue or Redis subscription of their own.
+
+    `add` returns only once the group's subscription is live, which the consumer's "join before reading the head"
+    rule relies on; joins and leaves of one group are serialised by the group's lock.
+    """
+
+    def __init__(self, layer: Any) -> None:
+        self.layer = layer
+        self.groups: dict[str, _HubGroup] = {}
+
+    async def add(self, group: str, socket: InboxConsumer) -> None:
+        entry = self.groups.get(group)
+        if entry is None:
+            entry = self.groups[group] = _HubGroup(group)
+        entry.members.add(socket)
+        if entry.channel is None:
+            async with entry.lock:
+                if entry.channel is None and entry.members:
+                    channel = await self.layer.new_channel("hub.")
+                    await self.layer.group_add(group, channel)
+                    entry.channel = channel
+                    entry.reader = asyncio.create_task(self._read(entry, channel))
+
+    async def discard(self, group: str, socket: InboxConsumer) -> None:
+        entry = self.groups.get(group)
+        if entry is None:
+            return
+        entry.members.discard(socket)
+        if entry.members:
+            return
+        async with entry.lock:
+            if entry.members or entry.channel is None:
+                return
+            channel, reader = entry.channel, entry.reader
+            entry.channel = entry.reader = None
+            try:
+                await self.layer.group_discard(group, channel)
+            finally:
+                if reader is not None:
+                    reader.cancel()  # the layer unsubscribes the channel when its receive is cancelled
+                if not entry.members and self.groups.get(group) is entry:
+                    del self.groups[group]
+
+    async def _read(self, entry: _HubGroup, channel: str) -> None:
+        while True:
+            try:
+                message = await self.layer.receive(channel)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.warning("channel layer receive for %s failed", entry.name, exc_info=True)
+                await asyncio.sleep(1)
+                continue
+            for socket in list(entry.members):
+                try:
+                    await socket.hub_deliver(message)
+                except Exception:
+                    logger.exception("delivering a %s message to a socket failed", message.get("type"))
+
+
+_hubs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[int, Hub]] = weakref.WeakKeyDictionary()
+
+
+def _hub(layer: Any) -> Hub:
+    per_loop = _hubs.setdefault(asyncio.get_running_loop(), {})
+    hub = per_loop.get(id(layer))
+    if hub is None or hub.layer is not layer:
+        hub = per_loop[id(layer)] = Hub(layer)
+    return hub
+
+
+_frame_counters: dict[str, Any] = {}
+
+
+def _count_frame(type_: str) -> None:
+    child = _frame_counters.get(type_)
+    if child is None:
+        child = _frame_counters[type_] = metrics.FRAMES_SENT.labels(type=type_)
+    child.inc()
+
+
+def _encode(frame: events.Frame | dict[str, Any]) -> str:
+    return json.dumps(frame, cls=DjangoJSONEncoder)
+
+
 class InboxConsumer(AsyncWebsocketConsumer):
     tenant_id: int
     user_id: int
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        """Channels' AsyncConsumer.__call__ without a channel-layer channel of the socket's own.
+
+        Layer messages reach the socket through the process's Hub (`hub_deliver`); the socket's loop only reads its
+        client, one message at a time, with no task per message. `channel_name` stays a unique name: it identifies
+        the socket in `exclude_channel`, nothing is ever sent to it.
+        """
+        self.scope = scope
+        self.channel_layer = get_channel_layer(self.channel_layer_alias)
+        self.channel_name = f"local.{uuid.uuid4().hex}"
+        self.base_send = send
+        self.hub_groups: list[str] = []
+        try:
+            while True:
+                await self.dispatch(await receive())
+        except StopConsumer:
+            pass
+        finally:
+            if self.hub_groups:  # the handshake or a handler failed before the socket left its groups
+                leave = asyncio.ensure_future(self._leave_all())
+                _background.add(leave)
+                leave.add_done_callback(_background.discard)
+
+    async def websocket_disconnect(self, message: dict[str, Any]) -> None:
+        await self._leave_all()
+        await self.disconnect(message["code"])
+        raise StopConsumer()
+
+    async def _join(self, group: str) -> None:
+        await _hub(self.channel_layer).add(group, self)
+        self.hub_groups.append(group)
+
+    async def _leave(self, group: str) -> None:
+        if group in self.hub_groups:
+            self.hub_groups.remove(group)
+        await _hub(self.channel_layer).discard(group, self)
+
+    async def _leave_all(self) -> None:
+        for group in list(self.hub_groups):
+            await self._leave(group)
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         """Channels' dispatch without its `aclose_old_connections()` before every handler.
@@ -315,6 +485,8 @@ class InboxConsumer(AsyncWebsocketConsumer):
         self.first_sync = True
         self.buffer: list[events.Frame] = []
         self.deliver_lock = asyncio.Lock()
+        self.slow = 0  # durable frames waiting for deliver_lock: later ones queue behind them, in order
+        self.tasks: set[asyncio.Task[Any]] = set()
         self.sync_task: asyncio.Task[None] | None = None
         self.first_wait: asyncio.Task[None] | None = None
         self.viewing: set[int] = set()
@@ -326,8 +498,7 @@ class InboxConsumer(AsyncWebsocketConsumer):
         self.strikes = TokenBucket.full(_setting("WS_RATE_STRIKES", 20), _setting("WS_RATE_STRIKE_DECAY", 1))
         # Join before reading the head: an event committed from here on is above the head or arrives live.
         for group in (events.tenant_group(self.tenant_id), events.user_group(self.user_id)):
-            await self.channel_layer.group_add(group, self.channel_name)
-            self.groups.append(group)
+            await self._join(group)
         await self.accept()
         allowed, self.delivered = await database_sync_to_async(_handshake_state)(
             self.tenant_id, self.user_id, self.stamp
@@ -337,8 +508,9 @@ class InboxConsumer(AsyncWebsocketConsumer):
             return
         self.authenticated = True
         metrics.OPEN_SOCKETS.inc()
-        became_online = await self._presence(presence.connection_touch, self.tenant_id, self.user_id, self.conn_id)
-        online = await self._presence(presence.online_user_ids, self.tenant_id)
+        became_online, online = await self._presence(
+            presence.connection_open, self.tenant_id, self.user_id, self.conn_id
+        ) or (False, None)
         await self._send_frame(
             events.frame(
                 "hello",
@@ -371,7 +543,7 @@ class InboxConsumer(AsyncWebsocketConsumer):
         self.authenticated = False
         metrics.OPEN_SOCKETS.dec()
         _sweeper().discard(self)
-        tasks = [self.sync_task, self.first_wait, *(task for _, task in self.typing.values())]
+        tasks = [self.sync_task, self.first_wait, *self.tasks, *(task for _, task in self.typing.values())]
         for task in tasks:
             if task is not None and task is not asyncio.current_task():
                 task.cancel()
@@ -460,9 +632,7 @@ class InboxConsumer(AsyncWebsocketConsumer):
             # Another tenant's id gets the same answer as an unknown one.
             if not await database_sync_to_async(_conversation_exists)(self.tenant_id, conversation_id):
                 raise FrameError("not_found", "no such conversation")
-            group = events.conversation_group(self.tenant_id, conversation_id)
-            await self.channel_layer.group_add(group, self.channel_name)
-            self.groups.append(group)
+            await self._join(events.conversation_group(self.tenant_id, conversation_id))
             self.viewing.add(conversation_id)
         await self._presence(presence.conversation_view, self.tenant_id, conversation_id, self.user_id, self.conn_id)
         await self._broadcast_viewers(conversation_id)
@@ -474,9 +644,7 @@ class InboxConsumer(AsyncWebsocketConsumer):
         if conversation_id in self.typing:
             self.typing.pop(conversation_id)[1].cancel()
             await self._typing_broadcast(conversation_id, events.TYPING_STOP)
-        group = events.conversation_group(self.tenant_id, conversation_id)
-        await self.channel_layer.group_discard(group, self.channel_name)
-        self.groups.remove(group)
+        await self._leave(events.conversation_group(self.tenant_id, conversation_id))
         self.viewing.discard(conversation_id)
         await self._presence(presence.conversation_unview, self.tenant_id, conversation_id, self.user_id, self.conn_id)
         await self._broadcast_viewers(conversation_id)
@@ -508,9 +676,7 @@ class InboxConsumer(AsyncWebsocketConsumer):
         ):
             raise FrameError("bad_data", f"data.conversation_ids must be a list of at most {MAX_SNAPSHOT} ids")
         if not self.activity:
-            group = activity_group(self.tenant_id)
-            await self.channel_layer.group_add(group, self.channel_name)
-            self.groups.append(group)
+            await self._join(activity_group(self.tenant_id))
             self.activity = True
         # The snapshot is read after joining the group: a change from here on arrives live, so none is missed.
         # Presence is keyed by this socket's tenant: another tenant's id simply has no viewers here.
@@ -527,9 +693,7 @@ class InboxConsumer(AsyncWebsocketConsumer):
 
     async def on_activity_unsubscribe(self, data: dict[str, Any]) -> None:
         if self.activity:
-            group = activity_group(self.tenant_id)
-            await self.channel_layer.group_discard(group, self.channel_name)
-            self.groups.remove(group)
+            await self._leave(activity_group(self.tenant_id))
             self.activity = False
 
     async def on_message_read(self, data: dict[str, Any]) -> None:
@@ -552,26 +716,55 @@ class InboxConsumer(AsyncWebsocketConsumer):
 
     # --- channel layer → server ---------------------------------------------------------------------------------
 
-    async def inbox_event(self, event: dict[str, Any]) -> None:
-        if not getattr(self, "authenticated", False) or self.closing:
+    async def hub_deliver(self, message: dict[str, Any]) -> None:
+        """A layer message for this socket, from the process's Hub. Must not wait on anything slow: the hub hands
+        the same message to every local socket of the group in turn. Durable frames in order go out at once; the
+        rest (a sync running, a gap to fill, a frame already waiting) queue behind this socket's deliver_lock."""
+        if not self.authenticated or self.closing:
             return
-        if event.get("tenant_id", self.tenant_id) != self.tenant_id:
+        if message.get("type") != events.LAYER_EVENT:
+            self._background(self.dispatch(message))  # inbox.revoke (a database check) and anything else
+            return
+        if message.get("tenant_id", self.tenant_id) != self.tenant_id:
             return  # belt and braces: groups are per tenant already
-        frame: events.Frame = event["frame"]
-        if frame.get("seq") is None:
-            if event.get("activity") and (not self.activity or frame["data"].get("conversation_id") in self.viewing):
+        frame: events.Frame = message["frame"]
+        seq = frame.get("seq")
+        if seq is None:
+            if message.get("activity") and (not self.activity or frame["data"].get("conversation_id") in self.viewing):
                 return  # a joined conversation's copy comes through its conversation group: one frame, not two
-            if event.get("exclude_user") == self.user_id or event.get("exclude_channel") == self.channel_name:
+            if message.get("exclude_user") == self.user_id or message.get("exclude_channel") == self.channel_name:
                 return  # typing goes to the other viewers, not to the typist's own tabs
-            await self._send_frame(frame)
+            await self._send_text(frame, message)
             return
         if self.syncing:
             if len(self.buffer) < MAX_BUFFERED:
                 self.buffer.append(frame)
             # else: dropped here, recovered from the log by the next frame's gap fill or the periodic catch-up
             return
-        async with self.deliver_lock:
-            await self._deliver(frame)
+        if seq <= self.delivered:
+            return
+        if seq == self.delivered + 1 and not self.slow and not self.deliver_lock.locked():
+            await self._send_text(frame, message)
+            self.delivered = seq
+            return
+        self.slow += 1
+        self._background(self._deliver_slow(frame))
+
+    async def _deliver_slow(self, frame: events.Frame) -> None:
+        try:
+            async with self.deliver_lock:
+                await self._deliver(frame)
+        finally:
+            self.slow -= 1
+
+    async def inbox_event(self, event: dict[str, Any]) -> None:
+        """A layer message that came some other way than the hub (kept for direct dispatch)."""
+        await self.hub_deliver(event)
+
+    def _background(self, coroutine: Any) -> None:
+        task = asyncio.create_task(coroutine)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
 
     async def inbox_revoke(self, event: dict[str, Any]) -> None:
         if not getattr(self, "authenticated", False) or self.closing:
@@ -633,7 +826,8 @@ class InboxConsumer(AsyncWebsocketConsumer):
                     # Replay what the client asks for, even if some of it went out on this socket already: a
                     # client that drops a frame must be able to get it back, and clients drop seq <= last seen.
                     self.delivered = since
-                    await self._replay(upto=None)
+                    if since < head:  # at the head: what commits from here on arrives live (and is buffered now)
+                        await self._replay(upto=None)
                     await self._drain()
                     await self._send_frame(events.frame("sync:done", {"seq": self.delivered}, seq=None))
                 await self._drain()
@@ -751,11 +945,37 @@ class InboxConsumer(AsyncWebsocketConsumer):
     async def _send_frame(self, frame: events.Frame | dict[str, Any]) -> None:
         if self.closing:
             return
-        await self.send(text_data=json.dumps(frame, cls=DjangoJSONEncoder))
-        metrics.FRAMES_SENT.labels(type=frame["type"]).inc()
+        await self.base_send({"type": "websocket.send", "text": _encode(frame)})
+        self._sent(frame)
+
+    async def _send_text(self, frame: events.Frame, message: dict[str, Any]) -> None:
+        """_send_frame for a frame the hub hands to many sockets: encoded once, kept on the shared message."""
+        if self.closing:
+            return
+        text = message.get("_text")
+        if text is None:
+            text = message["_text"] = _encode(frame)
+        try:
+            await self.base_send({"type": "websocket.send", "text": text})
+        except Disconnected:  # the client has gone; the server's disconnect message is on its way
+            self.closing = True
+            return
+        self._sent_shared(frame, message)
+
+    def _sent(self, frame: events.Frame | dict[str, Any]) -> None:
+        _count_frame(frame["type"])
         if frame.get("seq") is not None and getattr(self, "syncing", True) is False:
             # Live durable frames only (a replay's age is not latency): from the event's write to this send.
             metrics.observe_delivery(frame.get("ts"))
+
+    def _sent_shared(self, frame: events.Frame, message: dict[str, Any]) -> None:
+        """_sent for a frame many sockets get: its write time is parsed once (kept on the shared message)."""
+        _count_frame(frame["type"])
+        if frame.get("seq") is not None and self.syncing is False:
+            written = message.get("_written")
+            if written is None:
+                written = message["_written"] = metrics.written_at(frame.get("ts"))
+            metrics.observe_since(written)
 
     async def _error(self, code: str, message: str, ref: str | None, **extra: Any) -> None:
         await self._send_frame(events.frame("error", {"code": code, "message": message, "ref": ref, **extra}, seq=None))
@@ -766,8 +986,7 @@ class InboxConsumer(AsyncWebsocketConsumer):
             return
         self.closing = True
         await self.close(code=code)
-        for group in list(self.groups):
-            await self.channel_layer.group_discard(group, self.channel_name)
+        await self._leave_all()
 
 
 class Sweeper:
@@ -853,13 +1072,23 @@ class Sweeper:
             return
         users = {tenant_id: {s.user_id for s in sockets} for tenant_id, sockets in by_tenant.items()}
         states = await database_sync_to_async(_tenant_states)(users)
+        behind: list[tuple[InboxConsumer, int]] = []
         for tenant_id, sockets in by_tenant.items():
             allowed, head = states[tenant_id]
             for socket in sockets:
                 if allowed.get(socket.user_id) != socket.stamp:
                     self._spawn(socket._shutdown(CLOSE_FORBIDDEN))
-                elif head > socket.delivered and not socket.syncing:
-                    self._spawn(socket.catch_up())
+                elif head > socket.delivered:
+                    behind.append((socket, head))
+        if not behind:
+            return
+        # Events at or below the head may still be on their way (a fan-out to thousands of sockets takes a while):
+        # only a socket still behind after a grace period missed one. Catching up the others would cost a query
+        # each for frames that arrive anyway.
+        await asyncio.sleep(min(2.0, _setting("WS_RECHECK_SECONDS", 30.0) * 0.25))
+        for socket, head in behind:
+            if head > socket.delivered and not socket.syncing and socket.authenticated and not socket.closing:
+                self._spawn(socket.catch_up())
 
     def _spawn(self, coroutine: Any) -> None:
         task = asyncio.create_task(coroutine)

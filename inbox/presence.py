@@ -294,6 +294,11 @@ def connection_touch(tenant_id: int, user_id: int, conn_id: str) -> bool:
     return store().touch(tenant_id, user_id, conn_id, time.time() + ttl())
 
 
+def connection_open(tenant_id: int, user_id: int, conn_id: str) -> tuple[bool, set[int]]:
+    """A new socket: connection_touch, then the tenant's online users (for `hello`), in one call."""
+    return connection_touch(tenant_id, user_id, conn_id), online_user_ids(tenant_id)
+
+
 def heartbeat_many(sockets: list[SocketBeat]) -> list[tuple[int, int]]:
     """Refresh many sockets and the conversations each one views, at once (a server process's heartbeat).
 

@@ -22,7 +22,7 @@ from channels.security.websocket import OriginValidator, WebsocketDenier
 from django.conf import settings
 from django.urls import path
 
-from inbox.consumers import InboxConsumer, handshake_refused
+from inbox.consumers import InboxConsumer, handshake_refused, ticket_param
 
 websocket_urlpatterns: list[Any] = [
     path("ws/tenants/<slug:slug>/", InboxConsumer.as_asgi()),
@@ -64,8 +64,73 @@ def daphne_close_with_codes() -> None:
     WebSocketFactory._inbox_close_with_codes = True
 
 
+def twisted_write_now() -> None:
+    """Escape hatch (third-party behaviour): let Twisted's TCP transport send at once when nothing is queued.
+
+    Twisted always queues a write and sends it on the next "writable" event, which on the asyncio reactor Daphne
+    runs costs two epoll_ctl calls and a trip round the event loop per WebSocket frame: with an event fanned out to
+    a thousand sockets that was a third of the process's CPU (docs/performance.md). When the connection has nothing
+    queued, this tries the send first and queues only what the kernel did not take (a slow reader still ends up
+    in Twisted's buffer, as before); anything unusual (TLS, a write-side shutdown, a closing connection, an error)
+    takes Twisted's own path. Harmless under other servers.
+    """
+    try:
+        from twisted.internet import abstract, tcp
+    except ImportError:  # pragma: no cover - another ASGI server
+        return
+    if getattr(tcp.Connection, "_inbox_write_now", False):
+        return
+    queued_write = tcp.Connection.write
+
+    def write(self: Any, data: bytes) -> None:
+        if (
+            self.TLS
+            or not self.connected
+            or self.disconnecting
+            or self._writeDisconnected
+            or self._tempDataBuffer
+            or self.offset < len(self.dataBuffer)
+            or not isinstance(data, bytes)
+            or not data
+        ):
+            queued_write(self, data)
+            return
+        sent = self.writeSomeData(data)
+        if isinstance(sent, Exception):
+            queued_write(self, data)  # the queued path meets the same error on its next try and closes properly
+        elif sent < len(data):
+            abstract.FileDescriptor.write(self, data[sent:])
+
+    tcp.Connection.write = write
+    tcp.Connection._inbox_write_now = True
+    try:
+        # autobahn formats the arguments of a debug log call on every frame it sends, colouring them with click even
+        # though the line is never logged (5 % of a fan-out's CPU): plain text is enough for a line nobody reads.
+        import autobahn.util
+
+        autobahn.util._HAS_CLICK = False
+    except (ImportError, AttributeError):  # pragma: no cover - another autobahn
+        pass
+
+
+class TicketBypassesSession:
+    """Handshakes with `?ticket=` skip the session and auth middleware: the consumer ignores cookies for them
+    (inbox.consumers._authenticate), so loading a session and wrapping every frame's send would be waste."""
+
+    def __init__(self, with_session: Any, without: Any) -> None:
+        self.with_session = with_session
+        self.without = without
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
+        if ticket_param(scope) is not None:
+            return await self.without(scope, receive, send)
+        return await self.with_session(scope, receive, send)
+
+
 daphne_close_with_codes()
+twisted_write_now()
 
 websocket_application = ForeignOriginGuard(
-    AuthMiddlewareStack(URLRouter(websocket_urlpatterns)), settings.ALLOWED_ORIGINS
+    TicketBypassesSession(AuthMiddlewareStack(URLRouter(websocket_urlpatterns)), URLRouter(websocket_urlpatterns)),
+    settings.ALLOWED_ORIGINS,
 )

@@ -13,13 +13,12 @@ import secrets
 from datetime import datetime, timedelta
 from typing import Final
 
-from django.db import transaction
+from django.db import connection
 from django.utils import timezone
 
 from accounts.models import User
 from tenants.models import Membership, SocketTicket, Tenant
 from tenants.scoping import scopes_disabled, tenant_scope
-from tenants.selectors import membership_get
 
 TICKET_TTL: Final = timedelta(seconds=60)
 MAX_TOKEN_CHARS: Final = 200  # issued tokens are 43 characters; anything much longer is not one of ours
@@ -42,34 +41,51 @@ def ticket_issue(*, user: User, tenant: Tenant) -> tuple[str, datetime]:
     return token, expires_at
 
 
-def ticket_consume(*, token: str, tenant_slug: str) -> User | None:
-    """Use up a valid ticket of that tenant and return its user; None when unknown, expired, used or foreign.
+def ticket_spend(*, token: str, tenant_slug: str) -> tuple[int, int] | None:
+    """Use up a valid ticket of that tenant: (user id, tenant id), or None when unknown, expired, used or foreign.
 
-    The conditional UPDATE makes "single use" hold under concurrency: of two handshakes racing with one ticket,
-    exactly one sees its row change.
+    One conditional UPDATE … RETURNING (a socket handshake's first statement): "single use" holds under
+    concurrency because of two handshakes racing with one ticket, exactly one changes the row. The tenant is not
+    known before the ticket is found, so the statement crosses tenants; the slug in it keeps it to one.
     """
     if not token or len(token) > MAX_TOKEN_CHARS:
         return None
-    tenant = Tenant.objects.filter(slug=tenant_slug).first()
-    if tenant is None:
+    now = connection.ops.adapt_datetimefield_value(timezone.now())
+    tickets, tenants = SocketTicket._meta.db_table, Tenant._meta.db_table
+    sql = (
+        f"UPDATE {tickets} SET used_at = %s WHERE token_hash = %s AND used_at IS NULL AND expires_at > %s"
+        f" AND tenant_id = (SELECT id FROM {tenants} WHERE slug = %s) RETURNING user_id, tenant_id"
+    )
+    with scopes_disabled(), connection.cursor() as cursor:
+        cursor.execute(sql, [now, _hash(token), now, tenant_slug])
+        row = cursor.fetchone()
+    return (int(row[0]), int(row[1])) if row else None
+
+
+def ticket_consume(*, token: str, tenant_slug: str) -> User | None:
+    """Use up a valid ticket of that tenant and return its user; None when unknown, expired, used or foreign."""
+    spent = ticket_spend(token=token, tenant_slug=tenant_slug)
+    if spent is None:
         return None
-    now = timezone.now()
-    with tenant_scope(tenant.pk), transaction.atomic():
-        ticket = SocketTicket.objects.filter(token_hash=_hash(token)).select_related("user").first()
-        if ticket is None:
-            return None
-        used = SocketTicket.objects.filter(pk=ticket.pk, used_at__isnull=True, expires_at__gt=now).update(used_at=now)
-    if used != 1:
-        return None
-    return ticket.user
+    return User.objects.filter(pk=spent[0]).first()
+
+
+def ticket_membership(*, user_id: int, tenant_id: int) -> Membership | None:
+    """The active membership of an active user that a spent ticket names, with its user and tenant (one query)."""
+    with tenant_scope(tenant_id):
+        return (
+            Membership.objects.select_related("user", "tenant")
+            .filter(tenant_id=tenant_id, user_id=user_id, is_active=True, user__is_active=True)
+            .first()
+        )
 
 
 def ticket_redeem(*, token: str, tenant_slug: str) -> Membership | None:
     """Use up a ticket and return the active membership it grants, or None (invalid, expired, used, not a member)."""
-    user = ticket_consume(token=token, tenant_slug=tenant_slug)
-    if user is None:
+    spent = ticket_spend(token=token, tenant_slug=tenant_slug)
+    if spent is None:
         return None
-    return membership_get(user=user, tenant_slug=tenant_slug)
+    return ticket_membership(user_id=spent[0], tenant_id=spent[1])
 
 
 def tickets_revoke_unsafe(*, user_id: int) -> int:

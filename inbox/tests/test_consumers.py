@@ -502,19 +502,19 @@ async def test_an_event_committed_during_the_handshake_arrives_once(
 ) -> None:
     """The consumer has joined the tenant group; an event commits just before or just after it reads the head."""
     await database_sync_to_async(append_messages)(world.acme_conversation.pk, world.acme.pk, 1)
-    real_head = consumers._head
+    real_state = consumers._handshake_state  # the read of the head (with the membership re-check)
 
-    def head_with_a_write(tenant_id: int) -> int:
+    def state_with_a_write(tenant_id: int, user_id: int, stamp: str) -> tuple[bool, int]:
         if when == "before_head":
             append_messages(world.acme_conversation.pk, world.acme.pk, 1)
-            return real_head(tenant_id)
-        value = real_head(tenant_id)
+            return real_state(tenant_id, user_id, stamp)
+        value = real_state(tenant_id, user_id, stamp)
         append_messages(world.acme_conversation.pk, world.acme.pk, 1)
         return value
 
-    monkeypatch.setattr(consumers, "_head", head_with_a_write)
+    monkeypatch.setattr(consumers, "_handshake_state", state_with_a_write)
     alice_ws, hello = await open_socket(world.alice, sync=False)
-    monkeypatch.setattr(consumers, "_head", real_head)
+    monkeypatch.setattr(consumers, "_handshake_state", real_state)
     await send(alice_ws, "sync", {"since": 2})  # the client had seen the first message
     frames = []
     while True:

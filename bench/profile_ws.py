@@ -1,0 +1,128 @@
+"""Profile the Daphne process under socket load: handshakes, then tenant fan-out, then typing (py-spy, all threads).
+
+    .venv/bin/python -m bench.profile_ws --sockets 1000 --sends 20
+
+Starts the same system as the benchmarks (bench/scenarios.py `system`), records `py-spy --format raw` for each phase and
+prints the functions with the most samples (own and inclusive) and the Daphne CPU per operation. Raw stacks are kept
+in bench/results/logs/ for flame graphs (`flamegraph.pl` or speedscope).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shutil
+import signal
+import subprocess
+import time
+from collections import Counter
+from pathlib import Path
+
+from bench import scenarios
+from bench.harness import Report, services_up
+
+
+def pyspy_start(pid: int, out: Path) -> subprocess.Popen[bytes]:
+    exe = shutil.which("py-spy") or str(Path(__file__).resolve().parent.parent / ".venv/bin/py-spy")
+    return subprocess.Popen(
+        [exe, "record", "-p", str(pid), "-r", "200", "--format", "raw", "-o", str(out), "--nonblocking"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def pyspy_stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def summarize(path: Path, top: int = 30) -> str:
+    own: Counter[str] = Counter()
+    incl: Counter[str] = Counter()
+    total = 0
+    if not path.exists():
+        return f"(no profile at {path})"
+    for line in path.read_text().splitlines():
+        stack, _, count_s = line.rpartition(" ")
+        try:
+            count = int(count_s)
+        except ValueError:
+            continue
+        frames = [f for f in stack.split(";") if f]
+        if not frames:
+            continue
+        # Idle threads (waiting in select/epoll or on a queue) are not CPU.
+        leaf = frames[-1]
+        if any(w in leaf for w in ("epoll", "select (", "_worker (concurrent", "wait (threading")):
+            continue
+        total += count
+        own[leaf] += count
+        for f in set(frames):
+            incl[f] += count
+    lines = [f"samples (non-idle): {total}", "-- own --"]
+    lines += [f"{100 * c / total:5.1f}%  {f}" for f, c in own.most_common(top)]
+    lines += ["-- inclusive --"]
+    lines += [f"{100 * c / total:5.1f}%  {f}" for f, c in incl.most_common(top * 2)]
+    return "\n".join(lines)
+
+
+async def run(sockets: int, sends: int, typing: int) -> None:
+    services = await asyncio.to_thread(services_up)
+    ctx = scenarios.Ctx(services=services, report=Report(), quick=True)
+    logs = services.log_dir
+    try:
+        async with scenarios.system(ctx) as sys_:
+            pid = sys_.daphne.pid
+            prof = pyspy_start(pid, logs / "prof-handshake.txt")
+            cpu0, t0 = sys_.daphne.cpu_seconds(), time.perf_counter()
+            socks, times, failures = await sys_.sockets(sockets)
+            cpu_h, wall_h = sys_.daphne.cpu_seconds() - cpu0, time.perf_counter() - t0
+            pyspy_stop(prof)
+            await scenarios.quiesce(sys_.daphne)
+            await scenarios.settle(sys_, socks)
+            print(f"handshakes: {len(socks)} in {wall_h:.1f} s, {1000 * cpu_h / max(1, len(socks)):.2f} ms CPU each, "
+                  f"failures {failures}")
+            got = Counter[str]()
+
+            def hook(sock: object, frame: dict, now: float) -> None:
+                if frame["type"] == "message:new":
+                    got[frame["data"].get("client_id") or ""] += 1
+
+            for s in socks:
+                s.hook = hook
+            prof = pyspy_start(pid, logs / "prof-fanout.txt")
+            cpu0 = sys_.daphne.cpu_seconds()
+            conv = sys_.tenant.conversation_ids[1]
+            for k in range(sends):
+                await sys_.post_message(conv, f"prof-{k}", "fan-out " + "x" * 32)
+                await asyncio.sleep(0.3)
+            deadline = time.perf_counter() + 20
+            while sum(got.values()) < len(socks) * sends and time.perf_counter() < deadline:
+                await asyncio.sleep(0.05)
+            cpu_f = sys_.daphne.cpu_seconds() - cpu0
+            pyspy_stop(prof)
+            delivered = sum(got.values())
+            print(f"fan-out: {delivered}/{len(socks) * sends} delivered, "
+                  f"{1e6 * cpu_f / max(1, delivered):.0f} µs Daphne CPU per delivery (incl. sends)")
+            for name in ("handshake", "fanout"):
+                print(f"\n===== {name} =====")
+                print(summarize(logs / f"prof-{name}.txt"))
+            await scenarios.close_many(socks)
+    finally:
+        services.stop_all()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sockets", type=int, default=1000)
+    parser.add_argument("--sends", type=int, default=20)
+    parser.add_argument("--typing", type=int, default=0)
+    args = parser.parse_args()
+    asyncio.run(run(args.sockets, args.sends, args.typing))
+
+
+if __name__ == "__main__":
+    main()
