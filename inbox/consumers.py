@@ -466,6 +466,8 @@ class InboxConsumer(AsyncWebsocketConsumer):
     async def connect(self) -> None:
         self.authenticated = False
         self.closing = False
+        # Layer messages that reach the socket before `hello` went out wait here: `hello` is the first frame.
+        self.early: list[dict[str, Any]] | None = []
         slug = self.scope["url_route"]["kwargs"]["slug"]
         membership, code, stamp = await database_sync_to_async(_authenticate)(self.scope, slug)
         if membership is None:
@@ -530,6 +532,9 @@ class InboxConsumer(AsyncWebsocketConsumer):
                 seq=None,
             )
         )
+        early, self.early = self.early or [], None
+        for message in early:
+            await self.hub_deliver(message)
         if became_online:  # to the others: hello told this socket already
             await self._group_ephemeral(
                 events.tenant_group(self.tenant_id), events.USER_ONLINE, {"user_id": user.pk}, exclude_self=True
@@ -720,6 +725,10 @@ class InboxConsumer(AsyncWebsocketConsumer):
         """A layer message for this socket, from the process's Hub. Must not wait on anything slow: the hub hands
         the same message to every local socket of the group in turn. Durable frames in order go out at once; the
         rest (a sync running, a gap to fill, a frame already waiting) queue behind this socket's deliver_lock."""
+        if self.early is not None:
+            if len(self.early) < MAX_BUFFERED:
+                self.early.append(message)
+            return
         if not self.authenticated or self.closing:
             return
         if message.get("type") != events.LAYER_EVENT:

@@ -998,3 +998,44 @@ async def test_open_sockets_frames_and_delivery_latency_are_measured(world: Worl
     assert sample("inbox_event_delivery_seconds_count") >= delivered + 2
     await alice_ws.disconnect()
     assert sample("inbox_open_sockets") == sockets
+
+
+async def test_hello_is_the_first_frame_even_when_the_tenant_group_is_busy_during_the_handshake(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The process's hub delivers group messages while a socket is still in its handshake: anything that arrives
+    before `hello` waits for it (an ephemeral frame and a durable one, each exactly once, after hello)."""
+    alice_ws, _ = await open_socket(world.alice)
+    layer = get_channel_layer()
+    real_open = presence.connection_open
+
+    def open_while_the_group_talks(tenant_id: int, user_id: int, conn_id: str) -> tuple[bool, set[int]]:
+        # Runs after bob's socket joined the tenant group and before its hello: the tenant's traffic goes on.
+        from asgiref.sync import async_to_sync
+
+        async_to_sync(layer.group_send)(
+            f"tenant.{tenant_id}.inbox",
+            {
+                "type": "inbox.event",
+                "tenant_id": tenant_id,
+                "frame": {"type": "user:online", "data": {"user_id": 999}, "ts": "2026-01-01T00:00:00Z", "seq": None},
+            },
+        )
+        append_messages(world.acme_conversation.pk, world.acme.pk, 1)
+        return real_open(tenant_id, user_id, conn_id)
+
+    monkeypatch.setattr(presence, "connection_open", open_while_the_group_talks)
+    bob_ws = communicator("acme", user=world.bob)
+    connected, _ = await bob_ws.connect(timeout=5)
+    assert connected
+    hello = await bob_ws.receive_json_from(timeout=5)
+    assert hello["type"] == "hello", hello
+    monkeypatch.setattr(presence, "connection_open", real_open)
+    await send(bob_ws, "sync", {"since": hello["data"]["seq"]})
+    seen: list[tuple[str, Any]] = []
+    while not any(t == "sync:done" for t, _ in seen) or not any(t == "message:new" for t, _ in seen):
+        frame = await bob_ws.receive_json_from(timeout=5)
+        seen.append((frame["type"], frame["data"].get("user_id") if frame["type"] == "user:online" else frame["seq"]))
+    assert seen.count(("user:online", 999)) == 1
+    assert len([s for t, s in seen if t == "message:new"]) == 1
+    await close(alice_ws, bob_ws)
