@@ -505,6 +505,7 @@ class InboxConsumer(AsyncWebsocketConsumer):
         allowed, self.delivered = await database_sync_to_async(_handshake_state)(
             self.tenant_id, self.user_id, self.stamp
         )
+        self.hello_seq = self.delivered
         if not allowed:  # revoked (or the password changed) while connecting: its notice may predate the join
             await self._shutdown(CLOSE_FORBIDDEN)
             return
@@ -823,7 +824,12 @@ class InboxConsumer(AsyncWebsocketConsumer):
     async def _run_sync(self, since: int) -> None:
         try:
             async with self.deliver_lock:
-                gap, head = await database_sync_to_async(_sync_gap)(self.tenant_id, since)
+                if self.first_sync and since == self.hello_seq:
+                    # A client resuming from hello's own head (the usual first sync): nothing older to replay, and
+                    # what committed since is in the buffer (drained below, gaps filled from the log).
+                    gap, head = False, since
+                else:
+                    gap, head = await database_sync_to_async(_sync_gap)(self.tenant_id, since)
                 if gap:
                     await self._error(
                         "sync_gap",
