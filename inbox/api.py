@@ -31,7 +31,13 @@ from inbox import selectors
 from inbox.api_errors import PayloadTooLarge, error_body, error_responses
 from inbox.models import MEDIA_TYPES, Contact, ConversationStatus, MediaState, Message, MessageType
 from inbox.permissions import MethodScopedRateThrottle, TenantApiView
-from inbox.serializers import ContactOutputSerializer, ConversationOutputSerializer, MessageOutputSerializer
+from inbox.serializers import (
+    ContactOutputSerializer,
+    ConversationOutputSerializer,
+    MessageOutputSerializer,
+    message_data,
+    messages_data,
+)
 from inbox.services.contacts import contact_update
 from inbox.services.core import UNSET, conversation_update, read_marker_set
 from tenants.models import Membership, Role, WhatsAppNumber
@@ -296,7 +302,7 @@ class MessageListApi(TenantApiView):
             after = Message.objects.filter(tenant=self.tenant, conversation=conversation).aggregate(m=Max("pk"))["m"]
         return Response(
             {
-                "results": MessageOutputSerializer(page, many=True).data,
+                "results": messages_data(page),
                 "before": before,
                 "after": after,
                 "has_more": has_more,
@@ -322,7 +328,8 @@ class MessageListApi(TenantApiView):
         },
     )
     def post(self, request: Request, tenant_slug: str, pk: int) -> Response:
-        conversation = selectors.conversation_get(tenant=self.tenant, pk=pk)
+        # 404 before any validation; message_send reads the whole row under its lock.
+        conversation = selectors.conversation_ref_get(tenant=self.tenant, pk=pk)
         multipart = (request.content_type or "").startswith("multipart/")
         serializer_class = SendMultipartInputSerializer if multipart else SendJsonInputSerializer
         data = serializer_class(data=request.data)
@@ -361,9 +368,7 @@ class MessageListApi(TenantApiView):
         if not created:  # a retry with a known client id: answer with the message as it is now
             message = selectors.message_get(tenant=self.tenant, pk=message.pk)
         # A new message is answered as written (the same data its message:new frame carries), without reading it back.
-        return Response(
-            MessageOutputSerializer(message).data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK
-        )
+        return Response(message_data(message), status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
 
 
 class MessageReactionApi(TenantApiView):
@@ -386,7 +391,7 @@ class MessageReactionApi(TenantApiView):
         from inbox.services.outbound import reaction_send
 
         reaction_send(tenant=self.tenant, message=message, user=request.user, emoji=data.validated_data["emoji"])
-        return Response(MessageOutputSerializer(selectors.message_get(tenant=self.tenant, pk=pk)).data)
+        return Response(message_data(selectors.message_get(tenant=self.tenant, pk=pk)))
 
 
 class MessageRetryApi(TenantApiView):
@@ -404,7 +409,7 @@ class MessageRetryApi(TenantApiView):
         from inbox.services.outbound import message_retry
 
         message_retry(tenant=self.tenant, message=message, user=request.user)
-        return Response(MessageOutputSerializer(selectors.message_get(tenant=self.tenant, pk=pk)).data)
+        return Response(message_data(selectors.message_get(tenant=self.tenant, pk=pk)))
 
 
 class MessageMediaRetryApi(TenantApiView):
@@ -427,7 +432,7 @@ class MessageMediaRetryApi(TenantApiView):
         from inbox.services.media import media_retry
 
         media_retry(tenant=self.tenant, message=message)
-        return Response(MessageOutputSerializer(selectors.message_get(tenant=self.tenant, pk=pk)).data)
+        return Response(message_data(selectors.message_get(tenant=self.tenant, pk=pk)))
 
 
 class MessageMediaApi(TenantApiView):

@@ -8,17 +8,20 @@ member of both answer 404 (no oracle for which tenants exist). Admin-only action
 
 from __future__ import annotations
 
+import functools
 from contextlib import ExitStack
 from typing import Any, ClassVar
 
 from django.conf import settings
+from django.core.cache import DEFAULT_CACHE_ALIAS, BaseCache, caches
+from django.core.cache import cache as default_cache
 from rest_framework import exceptions
 from rest_framework.parsers import JSONParser
 from rest_framework.permissions import BasePermission, IsAuthenticated
 from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.throttling import ScopedRateThrottle
+from rest_framework.throttling import ScopedRateThrottle, SimpleRateThrottle
 from rest_framework.views import APIView
 
 from inbox.api_errors import PayloadTooLarge
@@ -55,8 +58,22 @@ class TenantAdminForMethods(BasePermission):
         return membership is not None and membership.is_admin
 
 
+@functools.cache
+def _process_cache() -> BaseCache:
+    return caches.create_connection(DEFAULT_CACHE_ALIAS)
+
+
 class MethodScopedRateThrottle(ScopedRateThrottle):
     """ScopedRateThrottle for the methods in the view's `throttle_methods` only (sends, not reads of the same URL)."""
+
+    @property
+    def cache(self) -> BaseCache:  # type: ignore[override]
+        """The default cache, through one object per process. Django keeps a cache object per request context, so
+        under ASGI every request built a new RedisCache and client for its two throttle round trips; the object
+        holds no per-request state (the connection pool is shared anyway: config/redis_pool.py). A cache put on
+        SimpleRateThrottle instead of the default (tests isolating their counters) is used as it is."""
+        configured = SimpleRateThrottle.cache
+        return _process_cache() if configured is default_cache else configured
 
     def allow_request(self, request: Request, view: APIView) -> bool:
         methods: frozenset[str] | None = getattr(view, "throttle_methods", None)

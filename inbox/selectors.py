@@ -176,6 +176,18 @@ def conversation_get(*, tenant: Tenant, pk: Any, user: User | None = None) -> Co
     return conversation
 
 
+def conversation_ref_get(*, tenant: Tenant, pk: Any) -> Conversation:
+    """Like conversation_get, but only the conversation's identity (id, tenant_id, number_id; other fields load
+    on access): for writers that lock and read the row themselves (outbound.message_send), so that the 404 comes
+    first without paying for conversation_get's five-table join."""
+    conversation = (
+        Conversation.objects.filter(tenant=tenant, pk=_int_or_404(pk)).only("id", "tenant_id", "number_id").first()
+    )
+    if conversation is None:
+        raise Http404("No such conversation")
+    return conversation
+
+
 def _int_or_404(pk: Any) -> int:
     try:
         return int(pk)

@@ -5,23 +5,25 @@ from django.http import Http404
 from accounts.models import User
 
 from .models import Membership, Tenant, WhatsAppNumber
-from .scoping import tenant_scope
 
 
 def membership_get(*, user: User, tenant_slug: str) -> Membership | None:
     """The active membership of an active user in a tenant, or None (same answer for unknown tenant and non-member).
 
-    Checked on every request and socket so that deactivation or removal takes effect at once.
+    Checked on every request and socket so that deactivation or removal takes effect at once. One query: the
+    membership with its tenant, found by the tenant's slug. The tenant is what this looks up, so no tenant scope
+    can be active yet: the filter on the slug and the user (one row at most) is the scope, as in the `_unsafe`
+    routing lookups below.
     """
     if not user.is_authenticated or not user.is_active:
         return None
-    tenant = Tenant.objects.filter(slug=tenant_slug).first()
-    if tenant is None:
-        return None
-    with tenant_scope(tenant.pk):
-        membership = Membership.objects.select_related("user").filter(user=user, is_active=True).first()
-    if membership is not None:
-        membership.tenant = tenant
+    memberships = Membership.objects.with_scopes_disabled().select_related("tenant")
+    concrete = type(user) is User  # not the lazy user of a socket's scope: that one is read back with the row
+    if not concrete:
+        memberships = memberships.select_related("user")
+    membership = memberships.filter(tenant__slug=tenant_slug, user=user, is_active=True).first()
+    if membership is not None and concrete:
+        membership.user = user  # the row the caller just authenticated, not a second copy of it
     return membership
 
 

@@ -116,9 +116,10 @@ def message_send(
     Meta, and bad input with ValidationError keyed by field.
     """
     if client_id:
-        existing = Message.objects.filter(tenant=tenant, client_id=client_id).first()
-        if existing is not None:
-            return existing, False
+        # Only the id (the common case is a miss): a retry then reads the message it answers with.
+        existing_pk = Message.objects.filter(tenant=tenant, client_id=client_id).values_list("pk", flat=True).first()
+        if existing_pk is not None:
+            return Message.objects.get(tenant=tenant, pk=existing_pk), False
     if conversation.tenant_id != tenant.pk:
         raise ValidationError({"conversation": "not found"})
     errors: dict[str, str] = {}
@@ -152,8 +153,52 @@ def message_send(
     if media is not None:
         media_check(type=type, content_type=media.content_type or "", size=media.size or 0)
 
+    try:
+        return _message_create(
+            tenant=tenant,
+            conversation=conversation,
+            sender=sender,
+            client_id=client_id,
+            type=type,
+            text=text,
+            reply_to=reply_to,
+            media=media,
+            media_link=media_link,
+            filename=filename,
+            template=template,
+        )
+    except IntegrityError:
+        # A concurrent request with the same client id won (its INSERT committed first): answer with its message.
+        # No savepoint around the INSERT for this: the whole write rolled back, and the lookup runs after it.
+        existing = Message.objects.filter(tenant=tenant, client_id=client_id).first() if client_id else None
+        if existing is None:
+            raise
+        return existing, False
+
+
+def _message_create(
+    *,
+    tenant: Tenant,
+    conversation: Conversation,
+    sender: User | None,
+    client_id: str | None,
+    type: str,
+    text: str,
+    reply_to: Message | None,
+    media: UploadedFile | None,
+    media_link: str,
+    filename: str,
+    template: dict[str, Any] | None,
+) -> tuple[Message, bool]:
+    """message_send's write, validated input in hand: one transaction that raises IntegrityError on a client_id race."""
     with transaction.atomic():
-        locked = Conversation.objects.select_for_update(of=("self",)).select_related("number").get(pk=conversation.pk)
+        # Locks the conversation row only (of=self: see docs/performance.md, the deadlock) and reads with it what
+        # conversation:updated carries, so message_append serialises it without another query.
+        locked = (
+            Conversation.objects.select_for_update(of=("self",))
+            .select_related("number", "contact", "assignee")
+            .get(pk=conversation.pk)
+        )
         if type != "template" and not locked.window_open():
             raise ValidationError({"window": WINDOW_MESSAGE})
         payload: dict[str, Any] = {}
@@ -161,6 +206,7 @@ def message_send(
             assert template is not None
             payload["template"], text = _template_build(locked.number, template)
         message = Message(
+            tenant=tenant,  # in hand: message:new's media URL reads tenant.slug
             direction=Direction.OUTBOUND,
             sender=sender,
             type=type,
@@ -184,13 +230,7 @@ def message_send(
         elif media_link:
             message.payload["media_link"] = media_link
             message.media_filename = filename[:255]
-        try:
-            with transaction.atomic():
-                message_append(conversation=locked, message=message)
-        except IntegrityError:
-            if client_id:  # a concurrent request with the same client id won
-                return Message.objects.get(tenant=tenant, client_id=client_id), False
-            raise
+        message_append(conversation=locked, message=message)
         from inbox.tasks import message_send as message_send_task
 
         enqueue_on_commit(message_send_task, tenant_id=tenant.pk, message_id=message.pk)
