@@ -16,6 +16,7 @@ from collections import Counter, defaultdict, deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from bench import baselines
@@ -543,6 +544,10 @@ async def m4(ctx: Ctx, levels: tuple[int, ...] = (100, 1000, 3000)) -> None:
             per: list[float] = []
             last: dict[str, float] = {}
             got: dict[str, int] = defaultdict(int)
+            # From the event's commit (its frame's ts, same machine clock) to the last socket: the fan-out alone,
+            # without the POST's own processing (that is M1's), like the bare broadcast it is compared with.
+            written: dict[str, float] = {}
+            last_wall: dict[str, float] = {}
 
             def hook(
                 sock: Sock,
@@ -552,6 +557,8 @@ async def m4(ctx: Ctx, levels: tuple[int, ...] = (100, 1000, 3000)) -> None:
                 per: list[float] = per,
                 last: dict[str, float] = last,
                 got: dict[str, int] = got,
+                written: dict[str, float] = written,
+                last_wall: dict[str, float] = last_wall,
             ) -> None:
                 if frame["type"] == "message:new":
                     key = frame["data"].get("client_id") or ""
@@ -559,7 +566,10 @@ async def m4(ctx: Ctx, levels: tuple[int, ...] = (100, 1000, 3000)) -> None:
                     if start is not None:
                         per.append(now - start)
                         last[key] = now
+                        last_wall[key] = time.time()
                         got[key] += 1
+                        if key not in written:
+                            written[key] = datetime.fromisoformat(frame["ts"].replace("Z", "+00:00")).timestamp()
 
             for s in socks:
                 s.hook = hook
@@ -575,18 +585,28 @@ async def m4(ctx: Ctx, levels: tuple[int, ...] = (100, 1000, 3000)) -> None:
             cpu = sys_.daphne.cpu_seconds() - cpu0
             ttl = [last[k] - sent[k] for k in last]
             ttl50 = ms(pct(ttl, 50))
-            ratio = ttl50 / base[n]["ttl_p50"] if base[n]["ttl_p50"] else float("nan")
+            fan = [last_wall[k] - written[k] for k in last_wall if k in written]
+            fan50 = ms(pct(fan, 50))
+            ratio = fan50 / base[n]["ttl_p50"] if base[n]["ttl_p50"] else float("nan")
             delivered = sum(got.values())
             ctx.add(
                 "M4",
-                f"fan-out N={len(socks)} per-delivery p50/p99; time-to-last p50 (max)",
+                f"fan-out N={len(socks)} POST→socket per-delivery p50/p99; POST→last p50 (max)",
                 f"{ms(pct(per, 50)):.1f}/{ms(pct(per, 99)):.1f}; {ttl50:.1f} ({ms(max(ttl)) if ttl else float('nan'):.1f})",
+                "ms",
+                target="ttl ≤ 300 ms" if n == 1000 else "",
+                ok=n != 1000 or ms(max(ttl) if ttl else 1e9) <= 300,
+            )
+            ctx.add(
+                "M4",
+                f"  N={len(socks)} event commit→last socket p50 (max)",
+                f"{fan50:.1f} ({ms(max(fan)) if fan else float('nan'):.1f})",
                 "ms",
                 baseline=base[n]["ttl_p50"],
                 ratio_name="R_fanout",
                 ratio=ratio,
-                target="R_fanout ≤ 4" + ("; ttl ≤ 300 ms" if n == 1000 else ""),
-                ok=ratio <= 4 and (n != 1000 or ms(max(ttl) if ttl else 1e9) <= 300),
+                target="R_fanout ≤ 4",
+                ok=ratio <= 4,
             )
             ctx.add(
                 "M4",

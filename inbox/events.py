@@ -106,6 +106,22 @@ def _next_seq(tenant_id: int, count: int = 1) -> int:
 
 EventItem = tuple[str, Mapping[str, Any], int | None]  # (wire type, data, conversation id)
 
+_COLUMNS: Final = ("tenant_id", "seq", "type", "data", "conversation_id", "created_at")
+
+
+def _insert(logged: list[TenantEvent]) -> None:
+    """One INSERT for the events of a change. What bulk_create would send, without its per-call ORM compilation
+    (it was ~7 % of an agent send's CPU); values are prepared by the model's own fields."""
+    fields = [TenantEvent._meta.get_field("tenant" if name == "tenant_id" else name) for name in _COLUMNS]
+    params: list[Any] = []
+    for event in logged:
+        for name, field in zip(_COLUMNS, fields, strict=True):
+            params.append(field.get_db_prep_save(getattr(event, name), connection))
+    row = "(" + ", ".join(["%s"] * len(_COLUMNS)) + ")"
+    sql = f"INSERT INTO {TenantEvent._meta.db_table} ({', '.join(_COLUMNS)}) VALUES {', '.join([row] * len(logged))}"
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+
 
 def emit(tenant_id: int, type_: str, data: Mapping[str, Any], *, conversation_id: int | None = None) -> TenantEvent:
     """Log a durable event in the current transaction and broadcast it to the tenant group after commit.
@@ -129,7 +145,7 @@ def emit_many(tenant_id: int, items: list[EventItem]) -> list[TenantEvent]:
         TenantEvent(tenant_id=tenant_id, seq=first + i, type=type_, data=dict(data), conversation_id=conversation_id)
         for i, (type_, data, conversation_id) in enumerate(items)
     ]
-    TenantEvent.objects.bulk_create(logged)
+    _insert(logged)
     messages: list[LayerEvent] = [{"type": LAYER_EVENT, "frame": event_frame(event)} for event in logged]
     group = tenant_group(tenant_id)
 
