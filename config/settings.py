@@ -145,7 +145,17 @@ DATABASES: dict[str, dict[str, Any]] = {
     }
 }
 _db = DATABASES["default"]
+DATABASE_APP_ROLE = os.environ.get("DATABASE_APP_ROLE", "")
 if _db["ENGINE"] == "django.db.backends.postgresql":
+    # Row-level security (config/db/rls.py): this backend keeps app.tenant_id / app.rls_bypass in step with the
+    # django-scopes scope. The RLS migration forces RLS on the tenant tables, so an app role subject to it (not a
+    # superuser, no BYPASSRLS) sees nothing through the stock backend: DATABASE_RLS=False only for debugging.
+    if env_bool("DATABASE_RLS", default=True):
+        _db["ENGINE"] = "config.db.postgresql"
+    # Connect as the owner (or any login role) and drop to the non-owner app role created by `manage.py rls_role`;
+    # leave it unset for `migrate`, which must run as the owner.
+    if DATABASE_APP_ROLE:
+        _db.setdefault("OPTIONS", {})["assume_role"] = DATABASE_APP_ROLE
     # Persistent connections under Daphne exhausted PostgreSQL at 16 concurrent requests in a measurement here;
     # Django's psycopg pool does not (shared/reference/performance-method.md 4.4). The pool needs CONN_MAX_AGE=0.
     _db["CONN_MAX_AGE"] = 0
@@ -163,7 +173,7 @@ elif _db["ENGINE"] == "django.db.backends.sqlite3":
         {"transaction_mode": "IMMEDIATE", "timeout": 20, "init_command": "PRAGMA journal_mode=WAL;"}
     )
     _db.setdefault("TEST", {})["NAME"] = os.environ.get("SQLITE_TEST_PATH", str(BASE_DIR / "test-db.sqlite3"))
-USING_POSTGRES = _db["ENGINE"] == "django.db.backends.postgresql"
+USING_POSTGRES = _db["ENGINE"] in ("django.db.backends.postgresql", "config.db.postgresql")
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 AUTH_USER_MODEL = "accounts.User"

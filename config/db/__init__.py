@@ -1,0 +1,1 @@
+"""Database layer: the PostgreSQL backend that keeps row-level security in step with django-scopes."""

@@ -1,0 +1,80 @@
+"""PostgreSQL backend whose connections carry the current django-scopes scope to row-level security.
+
+Before a statement runs, the connection's `app.tenant_id` / `app.rls_bypass` are made to match the scope (see
+config/db/rls.py). What was sent is remembered per raw connection (pooled connections move between threads and
+DatabaseWrapper objects), so a statement in the same scope as the previous one costs nothing extra; a change of
+scope costs one `SELECT set_config(...)`. A SET made inside a transaction is undone by ROLLBACK and ROLLBACK TO
+SAVEPOINT, so those forget what was remembered, as does handing a connection back to the pool mid-transaction.
+
+OPTIONS["assume_role"] (settings: DATABASE_APP_ROLE) makes every new connection `SET ROLE` to the app role.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any
+
+from django.db.backends.postgresql.base import DatabaseWrapper as PostgresDatabaseWrapper
+from psycopg import sql
+from psycopg.pq import TransactionStatus
+
+from config.db import rls
+
+# raw psycopg connection -> (tenant_id, bypass) last sent on it
+_sent: weakref.WeakKeyDictionary[Any, tuple[str, str]] = weakref.WeakKeyDictionary()
+
+
+def sent_settings(raw_connection: Any) -> tuple[str, str] | None:
+    """What this backend believes the connection's settings are (None: unknown, they will be sent)."""
+    return _sent.get(raw_connection)
+
+
+class DatabaseWrapper(PostgresDatabaseWrapper):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Innermost wrapper: it runs right before the statement, after any wrapper a caller adds.
+        self.execute_wrappers.insert(0, self._follow_scope)
+        self.rls_settings_sent = 0  # statements this wrapper sent (measurement and tests)
+
+    def init_connection_state(self) -> None:
+        super().init_connection_state()
+        rls.install_override_following()
+
+    def _configure_role(self, connection: Any) -> bool:
+        # Django's own version composes the statement through a Django cursor, which with the pool asks the pool
+        # for a connection from inside the pool's configure callback and waits forever; compose it with psycopg.
+        if role := self.settings_dict["OPTIONS"].get("assume_role"):
+            with connection.cursor() as cursor:
+                cursor.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(role)))
+            return True
+        return False
+
+    def _follow_scope(self, execute: Any, statement: Any, params: Any, many: bool, context: Any) -> Any:
+        raw = self.connection
+        wanted = rls.wanted_settings()
+        if _sent.get(raw) != wanted and raw.info.transaction_status != TransactionStatus.INERROR:
+            # The raw cursor: not logged as a query (query-count assertions are unaffected) and never a named
+            # (server-side) cursor, which could not run it.
+            with raw.cursor() as cursor:
+                cursor.execute(rls.SET_SQL, wanted)
+            _sent[raw] = wanted
+            self.rls_settings_sent += 1
+        return execute(statement, params, many, context)
+
+    def _forget(self) -> None:
+        if self.connection is not None:
+            _sent.pop(self.connection, None)
+
+    def _rollback(self) -> None:
+        self._forget()
+        super()._rollback()
+
+    def _savepoint_rollback(self, sid: str) -> None:
+        super()._savepoint_rollback(sid)
+        self._forget()
+
+    def _close(self) -> None:
+        # The pool rolls back a connection returned inside a transaction, undoing a SET made in it.
+        if self.connection is not None and self.connection.info.transaction_status != TransactionStatus.IDLE:
+            self._forget()
+        super()._close()
