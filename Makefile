@@ -29,7 +29,7 @@ run: demo
 	@echo "  Inbox:  http://$(HOST):$(PORT)/        Admin: http://$(HOST):$(PORT)/admin/"
 	@echo ""
 	ALLOWED_ORIGINS="$${ALLOWED_ORIGINS:-http://$(HOST):$(PORT),http://localhost:$(PORT)}" \
-	  $(VENV)/bin/daphne -b $(HOST) -p $(PORT) --websocket-max-message-size 65536 --websocket-max-frame-size 65536 config.asgi:application
+	  $(VENV)/bin/daphne -b $(HOST) -p $(PORT) --websocket-max-message-size 65536 --websocket-max-frame-size 65536 --websocket_connect_timeout 30 config.asgi:application
 
 worker: setup
 	$(VENV)/bin/celery -A config worker -Q inbound,default -l info

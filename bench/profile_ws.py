@@ -25,7 +25,7 @@ from bench.harness import Report, services_up
 def pyspy_start(pid: int, out: Path) -> subprocess.Popen[bytes]:
     exe = shutil.which("py-spy") or str(Path(__file__).resolve().parent.parent / ".venv/bin/py-spy")
     return subprocess.Popen(
-        [exe, "record", "-p", str(pid), "-r", "200", "--format", "raw", "-o", str(out), "--nonblocking"],
+        [exe, "record", "-p", str(pid), "-r", "200", "--format", "raw", "-o", str(out), "--nonblocking", "--gil"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

@@ -240,10 +240,10 @@ class RedisStore:
         return {int(u) for u in gone}
 
     def online(self, tenant_id: int, now: float) -> set[int]:
-        t = self._t(tenant_id)
-        members = self.redis.zrangebyscore(f"{t}:conns", f"({now}", "+inf")
-        announced = self.redis.smembers(f"{t}:online")
-        return {int(m.split(b":", 1)[0]) for m in members} | {int(u) for u in announced}
+        # Every touch adds the user to the announced set, and only settle/reap (atomically, when the user has no
+        # live socket left) take them out: the set already holds every user with a live socket. Reading the
+        # connections too cost one entry per socket per handshake, quadratic in a reconnect storm.
+        return {int(u) for u in self.redis.smembers(f"{self._t(tenant_id)}:online")}
 
     def tenants(self) -> set[int]:
         return {int(t) for t in self.redis.smembers(f"{self.prefix}:tenants")}

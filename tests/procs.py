@@ -245,6 +245,10 @@ def start_daphne(
         str(port),
         "--websocket-max-message-size",
         "65536",
+        # A reconnect storm queues handshakes for longer than Daphne's default 5 s: the ones it dropped came back
+        # as retries and fed the storm (docs/performance.md, M8). Same flag as the Procfile.
+        "--websocket_connect_timeout",
+        "30",
         *args,
         app,
     ]
