@@ -158,6 +158,6 @@ def tenant_owned_tables() -> list[str]:
         if model._meta.proxy or not model._meta.managed:
             continue
         field = next((f for f in model._meta.get_fields() if f.name == "tenant"), None)
-        if field is not None and field.is_relation and field.many_to_one and field.concrete:
+        if field is not None and field.is_relation and (field.many_to_one or field.one_to_one) and field.concrete:
             tables.append(model._meta.db_table)
     return sorted(tables)
