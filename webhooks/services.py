@@ -14,8 +14,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import transaction
-from django.db.models import F, Q
+from django.db.models import Q
 from django.utils import timezone
 
 from config import metrics
@@ -72,15 +71,15 @@ def webhook_ingest(*, raw_body: bytes, signature_header: str | None, headers: Ma
         verdict = SignatureVerdict.INVALID
     accepted = verdict == SignatureVerdict.VALID
     metrics.WEBHOOKS_RECEIVED.labels(signature=verdict).inc()
-    with transaction.atomic():
-        event = WebhookEvent.objects.create(
-            raw_body=raw_body if accepted else raw_body[:REJECTED_BODY_KEEP],
-            body_sha256=hashlib.sha256(raw_body).hexdigest(),
-            headers={**dict(headers), "x-hub-signature-256": signature_header or ""},
-            signature=verdict,
-            state=ProcessingState.RECEIVED if accepted else ProcessingState.REJECTED,
-            last_error="" if accepted else f"signature {verdict}: not processed",
-        )
+    # One INSERT in autocommit: committed when it returns (no BEGIN/COMMIT round trips around it).
+    event = WebhookEvent.objects.create(
+        raw_body=raw_body if accepted else raw_body[:REJECTED_BODY_KEEP],
+        body_sha256=hashlib.sha256(raw_body).hexdigest(),
+        headers={**dict(headers), "x-hub-signature-256": signature_header or ""},
+        signature=verdict,
+        state=ProcessingState.RECEIVED if accepted else ProcessingState.REJECTED,
+        last_error="" if accepted else f"signature {verdict}: not processed",
+    )
     if not accepted:
         logger.warning("webhook %s rejected: signature %s", event.pk, verdict)
         return IngestResult(http_status=403, event=event)
@@ -98,18 +97,32 @@ def webhook_enqueue(event_id: int) -> None:
         logger.exception("could not enqueue webhook %s; the sweeper will process it", event_id)
 
 
-def _claim(event_id: int) -> bool:
-    """received/failed → processing, once: two workers given the same event do not both walk it."""
-    stale = timezone.now() - STUCK_AFTER
-    claimed = (
-        WebhookEvent.objects.filter(pk=event_id, signature=SignatureVerdict.VALID)
-        .filter(
-            Q(state__in=[ProcessingState.RECEIVED, ProcessingState.FAILED])
-            | Q(state=ProcessingState.PROCESSING, processed_at__lt=stale)
+def _claim(event_id: int) -> WebhookEvent | None:
+    """received/failed → processing, once: two workers given the same event do not both walk it.
+
+    One statement (UPDATE … RETURNING, PostgreSQL and SQLite ≥ 3.35): the claimed row comes back with it.
+    """
+    now = timezone.now()
+    table = WebhookEvent._meta.db_table
+    claimed = list(
+        WebhookEvent.objects.raw(
+            f"UPDATE {table} SET state = %s, attempts = attempts + 1, processed_at = %s"
+            " WHERE id = %s AND signature = %s"
+            " AND (state IN (%s, %s) OR (state = %s AND processed_at < %s))"
+            f" RETURNING {', '.join(f.column for f in WebhookEvent._meta.concrete_fields)}",
+            [
+                ProcessingState.PROCESSING.value,
+                now,
+                event_id,
+                SignatureVerdict.VALID.value,
+                ProcessingState.RECEIVED.value,
+                ProcessingState.FAILED.value,
+                ProcessingState.PROCESSING.value,
+                now - STUCK_AFTER,
+            ],
         )
-        .update(state=ProcessingState.PROCESSING, attempts=F("attempts") + 1, processed_at=timezone.now())
     )
-    return claimed == 1
+    return claimed[0] if claimed else None
 
 
 def webhook_process(event_id: int) -> WebhookEvent | None:
@@ -118,36 +131,50 @@ def webhook_process(event_id: int) -> WebhookEvent | None:
     Idempotent (wamid uniqueness, monotonic statuses), so running it again, or concurrently with a copy of the same
     body, changes nothing twice. Ends processed, or failed with the reason (re-runnable with webhook_reprocess).
     """
-    if not _claim(event_id):
+    event = _claim(event_id)
+    if event is None:
         return None
-    event = WebhookEvent.objects.get(pk=event_id)
+    raw_body = bytes(event.raw_body)
     notes: list[str] = []
     failures: list[str] = []
     try:
-        envelope = parse_body(bytes(event.raw_body))
+        envelope = parse_body(raw_body)
     except ParseError as exc:
         failures.append(f"unparseable body: {exc}")
     else:
         notes.extend(envelope.problems)
         signature = str((event.headers or {}).get("x-hub-signature-256", ""))
+        numbers: dict[str, WhatsAppNumber | None] = {}  # a body's changes usually name one number
         for index, change in enumerate(envelope.changes):
             try:
-                _process_change(event, change, signature, notes, failures)
+                _process_change(event, raw_body, change, signature, numbers, notes, failures)
             except Exception as exc:  # one bad change must not stop the rest; the event is marked failed
                 logger.exception("webhook %s change %s failed", event.pk, index)
                 failures.append(f"change {index} ({change.field}): {type(exc).__name__}: {exc}")
-    state = ProcessingState.FAILED if failures else ProcessingState.PROCESSED
-    metrics.WEBHOOK_LAG.observe(max(0.0, (timezone.now() - event.received_at).total_seconds()))
+    event.state = (ProcessingState.FAILED if failures else ProcessingState.PROCESSED).value
+    event.last_error = "\n".join(failures + notes)[:10000]
+    event.processed_at = timezone.now()
+    metrics.WEBHOOK_LAG.observe(max(0.0, (event.processed_at - event.received_at).total_seconds()))
+    # The instance is current (claimed and loaded by one statement, changed only here): no re-read.
     WebhookEvent.objects.filter(pk=event.pk).update(
-        state=state, last_error="\n".join(failures + notes)[:10000], processed_at=timezone.now()
+        state=event.state, last_error=event.last_error, processed_at=event.processed_at
     )
-    event.refresh_from_db()
     return event
 
 
-def _process_change(event: WebhookEvent, change: Change, signature: str, notes: list[str], failures: list[str]) -> None:
+def _process_change(
+    event: WebhookEvent,
+    raw_body: bytes,
+    change: Change,
+    signature: str,
+    numbers: dict[str, WhatsAppNumber | None],
+    notes: list[str],
+    failures: list[str],
+) -> None:
     if change.field == "messages":
-        number = number_for_phone_id_unsafe(phone_number_id=change.phone_number_id)
+        if change.phone_number_id not in numbers:
+            numbers[change.phone_number_id] = number_for_phone_id_unsafe(phone_number_id=change.phone_number_id)
+        number = numbers[change.phone_number_id]
         if number is None:
             notes.append(
                 f"unknown phone_number_id {change.phone_number_id!r}: "
@@ -155,7 +182,7 @@ def _process_change(event: WebhookEvent, change: Change, signature: str, notes: 
             )
             return
         # The body was accepted with some secret; the number it routes to must have signed it with its own.
-        if not signature_valid(bytes(event.raw_body), signature, number.effective_app_secret()):
+        if not signature_valid(raw_body, signature, number.effective_app_secret()):
             notes.append(f"change for {change.phone_number_id} not signed with that number's app secret: skipped")
             return
         with tenant_scope(number.tenant_id):

@@ -15,6 +15,7 @@ from django.db.models import Q
 
 from inbox.models import (
     Contact,
+    Conversation,
     Direction,
     MediaState,
     Message,
@@ -82,17 +83,22 @@ def message_receive(*, tenant: Tenant, number: WhatsAppNumber, inbound: InboundM
 
 @transaction.atomic
 def _message_store(*, tenant: Tenant, number: WhatsAppNumber, inbound: InboundMessage) -> Message:
-    existing = Message.objects.filter(number=number, wa_message_id=inbound.wa_message_id).first()
-    if existing is not None:
-        return existing  # Meta redelivered it
-    contact = contact_upsert(
-        tenant=tenant, wa_id=inbound.from_wa_id, bsuid=inbound.from_bsuid, profile_name=inbound.profile_name
+    existing_pk = (
+        Message.objects.filter(number=number, wa_message_id=inbound.wa_message_id).values_list("pk", flat=True).first()
     )
-    conversation = conversation_open_or_get(tenant=tenant, number=number, contact=contact)
-    # Holding the conversation lock: a concurrent copy of this message has either committed (seen here) or waits.
-    existing = Message.objects.filter(number=number, wa_message_id=inbound.wa_message_id).first()
-    if existing is not None:
-        return existing
+    if existing_pk is not None:
+        return Message.objects.get(pk=existing_pk)  # Meta redelivered it
+    conversation = _conversation_locked_fast(number=number, inbound=inbound)
+    if conversation is None:  # a new contact, a new thread, or a contact whose details change: the full path
+        contact = contact_upsert(
+            tenant=tenant, wa_id=inbound.from_wa_id, bsuid=inbound.from_bsuid, profile_name=inbound.profile_name
+        )
+        conversation = conversation_open_or_get(tenant=tenant, number=number, contact=contact)
+        conversation.contact = contact  # the event payload shows them: no lazy re-reads
+    contact = conversation.contact
+    conversation.number = number
+    # A concurrent copy of this message (same wamid) that got the conversation lock first has committed by now: the
+    # UNIQUE constraint on (number, wamid) rejects our INSERT below and we return that copy.
     message = Message(
         direction=Direction.INBOUND,
         type=STORED_TYPES.get(inbound.type, MessageType.UNSUPPORTED),
@@ -105,7 +111,9 @@ def _message_store(*, tenant: Tenant, number: WhatsAppNumber, inbound: InboundMe
         message.payload["raw"] = inbound.raw
     if inbound.context_id:
         message.reply_to_wa_id = inbound.context_id
-        message.reply_to = Message.objects.filter(number=number, wa_message_id=inbound.context_id).first()
+        message.reply_to_id = (
+            Message.objects.filter(number=number, wa_message_id=inbound.context_id).values_list("pk", flat=True).first()
+        )
     if inbound.media is not None:
         message.media_id = inbound.media.id
         message.media_mime_type = inbound.media.mime_type
@@ -127,6 +135,31 @@ def _message_store(*, tenant: Tenant, number: WhatsAppNumber, inbound: InboundMe
 
         enqueue_on_commit(media_download, tenant_id=tenant.pk, message_id=message.pk)
     return message
+
+
+def _conversation_locked_fast(*, number: WhatsAppNumber, inbound: InboundMessage) -> Conversation | None:
+    """The common case in one statement: the contact exists, its details are unchanged, and so is its thread.
+
+    Returns the conversation locked (as conversation_open_or_get does) with its contact and assignee loaded, or None
+    when contact_upsert would create or change something (then the caller takes the full path). wa_id and bsuid are
+    each unique per tenant, so the contact matched here is the one contact_upsert would find.
+    """
+    wa_id, bsuid = inbound.from_wa_id, inbound.from_bsuid
+    if not wa_id and not bsuid:
+        return None  # contact_upsert raises the ValidationError
+    match = Q(contact__wa_id=wa_id) if wa_id else Q(contact__bsuid=bsuid)
+    conversation = (
+        Conversation.objects.select_for_update(of=("self",))
+        .select_related("contact", "assignee")
+        .filter(match, number=number)
+        .first()
+    )
+    if conversation is None:
+        return None
+    contact = conversation.contact
+    if (bsuid and contact.bsuid != bsuid) or (inbound.profile_name and contact.profile_name != inbound.profile_name):
+        return None
+    return conversation
 
 
 def _system_apply(*, contact: Contact, inbound: InboundMessage) -> None:
