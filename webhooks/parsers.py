@@ -29,8 +29,8 @@ def signature_for(body: bytes, secret: str) -> str:
 
 def signature_valid(body: bytes, header: str | None, secret: str) -> bool:
     """Constant-time check over the exact wire bytes (re-serialised JSON would not match: \\u escapes, \\/)."""
-    if not header or not secret or not header.startswith(SIGNATURE_PREFIX):
-        return False
+    if not header or not secret or not header.startswith(SIGNATURE_PREFIX) or not header.isascii():
+        return False  # a non-ASCII header is no hex digest (and compare_digest refuses non-ASCII text)
     return hmac.compare_digest(signature_for(body, secret), header.strip())
 
 
@@ -232,6 +232,8 @@ def _message(raw: dict[str, Any], contacts: list[InboundContact]) -> InboundMess
     if contact is not None:
         from_wa_id = from_wa_id or contact.wa_id
         from_bsuid = from_bsuid or contact.bsuid
+    if not from_wa_id and not from_bsuid:
+        raise ParseError("message without sender")
     context = _dict(raw.get("context"))
     errors = tuple(ErrorInfo.from_json(e) for e in _list(raw.get("errors")))
     common: dict[str, Any] = {

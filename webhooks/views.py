@@ -39,7 +39,7 @@ def _handshake(request: HttpRequest) -> HttpResponse:
     mode = request.GET.get("hub.mode", "")
     token = request.GET.get("hub.verify_token", "")
     challenge = request.GET.get("hub.challenge", "")
-    if mode == "subscribe" and token and any(hmac.compare_digest(token, t) for t in _verify_tokens()):
+    if mode == "subscribe" and token and any(hmac.compare_digest(token.encode(), t.encode()) for t in _verify_tokens()):
         return HttpResponse(challenge, content_type="text/plain")
     return HttpResponseForbidden("verification failed", content_type="text/plain")
 
