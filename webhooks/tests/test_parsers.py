@@ -77,6 +77,16 @@ def test_items_without_ids_are_reported_and_the_rest_kept() -> None:
     assert envelope.problems == ("entry[0].changes[0].messages[0]: message without id",)
 
 
+def test_a_message_without_a_sender_is_reported_and_the_rest_kept() -> None:
+    good = payloads.message("messages.json", "text")
+    anonymous = {k: v for k, v in good.items() if k not in ("from", "from_user_id")} | {"id": "wamid.ANON"}
+    contacts = [{"profile": {"name": n}, "wa_id": w} for n, w in (("A", good["from"]), ("B", "15550009999"))]
+    # Two contacts: none can be borrowed for the message that names no sender.
+    envelope = parse_body(payloads.encode(payloads.body(messages=[anonymous, good], contacts=contacts)))
+    assert [m.wa_message_id for m in envelope.changes[0].messages] == [good["id"]]
+    assert envelope.problems == ("entry[0].changes[0].messages[0]: message without sender",)
+
+
 @pytest.mark.parametrize("body", [b"", b"not json", b"[]", b'{"object": "x"}', b"\xff\xfe"])
 def test_unreadable_bodies_raise(body: bytes) -> None:
     with pytest.raises(ParseError):
