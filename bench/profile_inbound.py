@@ -62,36 +62,10 @@ class StatementCounter:
 
 
 def text_body(phone_number_id: str, wa_id: str, wamid: str) -> bytes:
-    import json
+    """One signed-able text message from wa_id (the benchmarks' own body)."""
+    from bench.harness import webhook_body
 
-    body = {
-        "object": "whatsapp_business_account",
-        "entry": [
-            {
-                "id": "WABA",
-                "changes": [
-                    {
-                        "field": "messages",
-                        "value": {
-                            "messaging_product": "whatsapp",
-                            "metadata": {"display_phone_number": "15550001111", "phone_number_id": phone_number_id},
-                            "contacts": [{"profile": {"name": "Customer"}, "wa_id": wa_id}],
-                            "messages": [
-                                {
-                                    "from": wa_id,
-                                    "id": wamid,
-                                    "timestamp": str(int(time.time())),
-                                    "type": "text",
-                                    "text": {"body": f"hello {wamid}"},
-                                }
-                            ],
-                        },
-                    }
-                ],
-            }
-        ],
-    }
-    return json.dumps(body).encode()
+    return webhook_body(phone_number_id, wa_id, wamid, f"hello {wamid}")
 
 
 def seed(tag: str) -> tuple[Any, Any]:
