@@ -480,11 +480,11 @@ class HttpPool:
             conn.close()
 
 
-async def jwt_for(pool: HttpPool, username: str) -> str:
+async def jwt_for(pool: HttpPool, username: str, password: str = PASSWORD) -> str:
     status, body = await pool.request(
         "POST",
         "/api/auth/token/",
-        body=json.dumps({"username": username, "password": PASSWORD}).encode(),
+        body=json.dumps({"username": username, "password": password}).encode(),
         headers={"Content-Type": "application/json"},
     )
     if status != 200:

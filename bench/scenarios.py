@@ -169,6 +169,13 @@ async def system(ctx: Ctx, *, celery: bool = False, users: int = USERS) -> Async
         services.stop(daphne)
 
 
+def isolation(ctx: Ctx, scenario: str, other: Sock) -> None:
+    """The isolation row: nothing of the main tenant reached the other tenant's idle socket."""
+    ctx.add(
+        scenario, "frames that reached the other tenant's socket", foreign(other), target="0", ok=foreign(other) == 0
+    )
+
+
 def foreign(sock: Sock) -> int:
     """Frames an idle socket of the other tenant got, beyond the answer to its own `sync` (isolation check)."""
     return sum(count for type_, count in sock.types.items() if type_ != "sync:done")
@@ -255,13 +262,7 @@ async def m1(ctx: Ctx, rates: tuple[int, ...] = (20, 100, 300)) -> None:
             await m1_point(ctx, sys_, receivers, rate, base)
         head = await settle(sys_, receivers)
         ctx.m10("M1", receivers, head)
-        ctx.add(
-            "M1",
-            "frames that reached the other tenant's socket",
-            foreign(other),
-            target="0",
-            ok=foreign(other) == 0,
-        )
+        isolation(ctx, "M1", other)
         await close_many([*receivers, other])
 
 
@@ -412,13 +413,7 @@ async def m2(ctx: Ctx, rate: int = 100) -> None:
             note="" if set(statuses) == {200} else f"HTTP {dict(statuses)}",
         )
         ctx.m10("M2", [agent], head)
-        ctx.add(
-            "M2",
-            "frames that reached the other tenant's socket",
-            foreign(other),
-            target="0",
-            ok=foreign(other) == 0,
-        )
+        isolation(ctx, "M2", other)
         await close_many([agent, other])
 
 

@@ -22,7 +22,7 @@ from django.contrib.auth.hashers import PBKDF2PasswordHasher
 from django.db import connection
 
 from accounts.models import User
-from bench.harness import HttpPool, Sock, signature, webhook_body
+from bench.harness import HttpPool, Sock, jwt_for, signature, webhook_body
 from inbox.tests.factories import PASSWORD, make_member
 from inbox.tests.fixtures import World
 from tests import procs
@@ -82,14 +82,7 @@ def cluster(require_postgres: None, require_redis: None, world: World, tmp_path:
 
 
 async def login(pool: HttpPool, username: str) -> str:
-    status, body = await pool.request(
-        "POST",
-        "/api/auth/token/",
-        body=json.dumps({"username": username, "password": PASSWORD}).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    assert status == 200, body
-    return str(json.loads(body)["access"])
+    return await jwt_for(pool, username, PASSWORD)
 
 
 async def socket_on(pool: HttpPool, token: str, slug: str, name: str, *, sync: bool = True) -> Sock:
