@@ -51,3 +51,26 @@ async def websocket_router(scope: dict[str, Any], receive: Any, send: Any) -> No
 
 
 application = ProtocolTypeRouter({"http": django_asgi_app, "websocket": websocket_router})
+
+from config.gctune import tune_after_startup  # noqa: E402
+
+tune_after_startup()  # as config/asgi.py does
+
+if os.environ.get("BENCH_GC_LOG"):
+    # Diagnostic: every collection that holds the event loop for more than 2 ms, on stderr (the server's log file).
+    # This is how the 70-165 ms full collections behind the scenarios' p99 were found (config/gctune.py).
+    import gc
+    import sys
+    import time
+
+    _gc_started = [0.0]
+
+    def _log_slow_collections(phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            _gc_started[0] = time.perf_counter()
+            return
+        took = 1000 * (time.perf_counter() - _gc_started[0])
+        if took > 2:
+            print(f"gc: generation {info['generation']} took {took:.1f} ms", file=sys.stderr, flush=True)
+
+    gc.callbacks.append(_log_slow_collections)

@@ -21,3 +21,7 @@ if settings.DEBUG:
 from inbox.routing import websocket_application  # noqa: E402
 
 application = ProtocolTypeRouter({"http": django_asgi_app, "websocket": websocket_application})
+
+from config.gctune import tune_after_startup  # noqa: E402
+
+tune_after_startup()  # everything above lives as long as the process

@@ -210,7 +210,7 @@ if REDIS_URL:
     # The pub/sub layer was ~40x better at p99 than the core layer here (performance-method.md 4.1/4.2).
     CHANNEL_LAYERS: dict[str, Any] = {
         "default": {
-            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            "BACKEND": "config.channel_layer.PubSubChannelLayer",  # channels-redis pub/sub, batched publishes
             # Redis pub/sub ignores database numbers: deployments (and test runs) sharing a Redis need a prefix.
             "CONFIG": {"hosts": [REDIS_URL], "prefix": os.environ.get("CHANNEL_LAYER_PREFIX", "asgi")},
         }

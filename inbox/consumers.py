@@ -492,7 +492,8 @@ class InboxConsumer(AsyncWebsocketConsumer):
         self.sync_task: asyncio.Task[None] | None = None
         self.first_wait: asyncio.Task[None] | None = None
         self.viewing: set[int] = set()
-        self.typing: dict[int, tuple[float, asyncio.Task[None]]] = {}  # conversation → (last broadcast, expiry)
+        # conversation → (last broadcast, expiry timer): a timer, not a task, since clients send a start per keystroke
+        self.typing: dict[int, tuple[float, asyncio.TimerHandle]] = {}
         self.activity = False  # subscribed to the tenant's typing and viewers (activity:subscribe)
         # conversation → (when a typing:start last went to the tenant's lists, whether it is still showing there)
         self.activity_typing: dict[int, tuple[float, bool]] = {}
@@ -549,7 +550,9 @@ class InboxConsumer(AsyncWebsocketConsumer):
         self.authenticated = False
         metrics.OPEN_SOCKETS.dec()
         _sweeper().discard(self)
-        tasks = [self.sync_task, self.first_wait, *self.tasks, *(task for _, task in self.typing.values())]
+        for _, expiry in self.typing.values():
+            expiry.cancel()
+        tasks = [self.sync_task, self.first_wait, *self.tasks]
         for task in tasks:
             if task is not None and task is not asyncio.current_task():
                 task.cancel()
@@ -660,12 +663,15 @@ class InboxConsumer(AsyncWebsocketConsumer):
         now = time.monotonic()
         last, expiry = self.typing.get(conversation_id, (None, None))
         if expiry is not None:
-            expiry.cancel()
+            expiry.cancel()  # a cancelled timer never fires: only the latest one can expire the indicator
         # Clients send a start per keystroke: rebroadcast at most once per throttle period, but keep it alive.
         if last is None or now - last >= _setting("TYPING_THROTTLE", 2.0):
             await self._typing_broadcast(conversation_id, events.TYPING_START)
             last = now
-        self.typing[conversation_id] = (last, asyncio.create_task(self._typing_expire(conversation_id)))
+        expiry = asyncio.get_running_loop().call_later(
+            _setting("TYPING_TTL", 6.0), self._typing_expired, conversation_id
+        )
+        self.typing[conversation_id] = (last, expiry)
 
     async def on_typing_stop(self, data: dict[str, Any]) -> None:
         conversation_id = self._joined(data)
@@ -883,11 +889,10 @@ class InboxConsumer(AsyncWebsocketConsumer):
             raise FrameError("not_joined", "send conversation:join for that conversation first")
         return conversation_id
 
-    async def _typing_expire(self, conversation_id: int) -> None:
-        await asyncio.sleep(_setting("TYPING_TTL", 6.0))
-        if self.typing.get(conversation_id, (None, None))[1] is asyncio.current_task():
-            del self.typing[conversation_id]
-            await self._typing_broadcast(conversation_id, events.TYPING_STOP)
+    def _typing_expired(self, conversation_id: int) -> None:
+        """The typist went quiet for TYPING_TTL: the others see the indicator stop (the timer of its last start)."""
+        if self.typing.pop(conversation_id, None) is not None and not self.closing:
+            self._background(self._typing_broadcast(conversation_id, events.TYPING_STOP))
 
     async def _typing_broadcast(self, conversation_id: int, type_: str) -> None:
         data: dict[str, Any] = {"conversation_id": conversation_id, "user_id": self.user_id, "name": self.user_name}

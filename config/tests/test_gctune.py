@@ -1,0 +1,48 @@
+"""The server processes' collector settings (config/gctune.py)."""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Iterator
+
+import pytest
+
+from config import gctune
+
+
+@pytest.fixture
+def restore_gc() -> Iterator[None]:
+    before = gc.get_threshold()
+    yield
+    gc.unfreeze()
+    gc.set_threshold(*before)
+
+
+def test_defaults_freeze_the_startup_heap_and_raise_the_young_threshold(
+    monkeypatch: pytest.MonkeyPatch, restore_gc: None
+) -> None:
+    monkeypatch.delenv("GC_THRESHOLDS", raising=False)
+    monkeypatch.delenv("GC_FREEZE", raising=False)
+    kept = [object() for _ in range(10)]  # alive now: frozen, skipped by every later collection
+    gctune.tune_after_startup()
+    assert gc.get_threshold() == gctune.DEFAULT_THRESHOLDS
+    assert gc.get_freeze_count() > len(kept)
+
+
+def test_environment_restores_cpython_defaults(monkeypatch: pytest.MonkeyPatch, restore_gc: None) -> None:
+    monkeypatch.setenv("GC_THRESHOLDS", "700,10,10")
+    monkeypatch.setenv("GC_FREEZE", "0")
+    gc.unfreeze()
+    gctune.tune_after_startup()
+    assert gc.get_threshold() == (700, 10, 10)
+    assert gc.get_freeze_count() == 0
+
+
+@pytest.mark.parametrize("raw", ["lots", "1,2", "0,10,10", "-5,10,10", "1,2,3,4"])
+def test_bad_thresholds_fall_back_with_a_warning(
+    raw: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("GC_THRESHOLDS", raw)
+    with caplog.at_level("WARNING", logger="config.gctune"):
+        assert gctune.thresholds() == gctune.DEFAULT_THRESHOLDS
+    assert "GC_THRESHOLDS" in caplog.text
