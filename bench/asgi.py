@@ -6,6 +6,7 @@ Channels dispatch, no auth, no layer, no JSON). Every other path goes to the pro
 
 from __future__ import annotations
 
+import asyncio
 import os
 from typing import Any
 
@@ -43,7 +44,25 @@ class EchoConsumer(AsyncWebsocketConsumer):
 echo_app = EchoConsumer.as_asgi()
 
 
+_lag_monitor: list[Any] = []
+
+
+async def _log_loop_stalls() -> None:
+    """Diagnostic (BENCH_LOOP_LAG): every time the event loop was held for more than 20 ms, on stderr."""
+    import sys
+    import time
+
+    while True:
+        started = time.perf_counter()
+        await asyncio.sleep(0.005)
+        lag = time.perf_counter() - started - 0.005
+        if lag > 0.02:
+            print(f"loop: stalled {1000 * lag:.0f} ms at {time.time():.3f}", file=sys.stderr, flush=True)
+
+
 async def websocket_router(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    if not _lag_monitor and os.environ.get("BENCH_LOOP_LAG"):
+        _lag_monitor.append(asyncio.ensure_future(_log_loop_stalls()))
     if scope["path"] == "/bench/echo/":
         await echo_app(scope, receive, send)
     else:
@@ -71,6 +90,10 @@ if os.environ.get("BENCH_GC_LOG"):
             return
         took = 1000 * (time.perf_counter() - _gc_started[0])
         if took > 2:
-            print(f"gc: generation {info['generation']} took {took:.1f} ms", file=sys.stderr, flush=True)
+            print(
+                f"gc: generation {info['generation']} took {took:.1f} ms at {time.time():.3f}",
+                file=sys.stderr,
+                flush=True,
+            )
 
     gc.callbacks.append(_log_slow_collections)

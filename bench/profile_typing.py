@@ -62,11 +62,13 @@ async def run(rate: int, seconds: float, conversations: int, spy: bool) -> None:
                 pending[(convs[k], type_)].append(time.perf_counter())
                 await senders[k].send(type_, {"conversation_id": convs[k]})
 
+            print(f"typing load from {time.time():.3f}")
             prof = pyspy_start(sys_.daphne.pid, services.log_dir / "prof-typing.txt") if spy else None
             cpu0 = sys_.daphne.cpu_seconds()
             count = await OpenLoop(rate, seconds, grace=5).run(one)
             await asyncio.sleep(0.5)
             cpu_us = 1e6 * (sys_.daphne.cpu_seconds() - cpu0) / max(1, count)
+            print(f"typing load until {time.time():.3f}")
             if prof is not None:
                 pyspy_stop(prof)
             stats = summary(lat[len(lat) // 10 :])
