@@ -106,12 +106,18 @@ class System:
         return status, time.perf_counter() - start
 
     async def sockets(
-        self, count: int, *, users: list[int] | None = None, deadline: float | None = None, **kw: Any
+        self,
+        count: int,
+        *,
+        users: list[int] | None = None,
+        deadline: float | None = None,
+        tenant: TenantSeed | None = None,
+        **kw: Any,
     ) -> tuple[list[Sock], list[float], int]:
-        """`count` sockets of the main tenant, users round-robin, tickets minted in chunks (they live 60 s).
-
-        With a deadline (perf_counter time) no new chunk starts after it: fewer sockets come back (hard stop)."""
-        ids = users or self.tenant.user_ids
+        """`count` sockets of the main tenant (or `tenant`), users round-robin, tickets minted in chunks (they live
+        60 s). With a deadline (perf_counter time) no new chunk starts after it: fewer sockets come back (hard stop)."""
+        seed = tenant or self.tenant
+        ids = users or seed.user_ids
         socks: list[Sock] = []
         times: list[float] = []
         failures = 0
@@ -119,8 +125,8 @@ class System:
             if deadline is not None and time.perf_counter() > deadline:
                 break
             chunk = [ids[i % len(ids)] for i in range(start, min(count, start + 500))]
-            tickets = await amint(self.tenant.id, chunk)
-            s, t, f = await open_many(self.port, self.tenant.slug, tickets, **kw)
+            tickets = await amint(seed.id, chunk)
+            s, t, f = await open_many(self.port, seed.slug, tickets, **kw)
             socks += s
             times += t
             failures += f
@@ -214,9 +220,9 @@ async def quiesce(proc: procs.Proc, *, below: float = 0.15, timeout: float = 20.
     return time.perf_counter() - start
 
 
-async def settle(sys_: System, socks: list[Sock], timeout: float = 10.0) -> int:
+async def settle(sys_: System, socks: list[Sock], timeout: float = 10.0, tenant: TenantSeed | None = None) -> int:
     """Wait until every socket has seen the tenant's head seq (or timeout); returns the head."""
-    head = await adb_head(sys_.tenant.id)
+    head = await adb_head((tenant or sys_.tenant).id)
     deadline = time.perf_counter() + timeout
     while time.perf_counter() < deadline and any(s.last_seq() < head for s in socks):
         await asyncio.sleep(0.05)
@@ -799,6 +805,7 @@ async def m6(ctx: Ctx, levels: tuple[int, ...] = (1000, 5000, 10000), ramp_to: i
         ctx.add("base", f"bare websockets server RSS per idle socket N={n}", kib, "KiB")
         ctx.report.baselines[f"ws_kib_{n}"] = kib
     async with system(ctx) as sys_:
+        held = await held_tenant()
         probe_rx = await sys_.rest_socket(sys_.tenant.usernames[1])
         await asyncio.sleep(1)
         rss0 = sys_.daphne.rss_kib()
@@ -807,7 +814,7 @@ async def m6(ctx: Ctx, levels: tuple[int, ...] = (1000, 5000, 10000), ramp_to: i
             t0 = time.perf_counter()
             cpu_open = sys_.daphne.cpu_seconds()
             more, handshakes, failures = await sys_.sockets(
-                n - len(socks), concurrency=100, deadline=t0 + ctx.d(100, 40)
+                n - len(socks), concurrency=100, deadline=t0 + ctx.d(100, 40), tenant=held
             )
             took = time.perf_counter() - t0
             cpu_open = 1000 * (sys_.daphne.cpu_seconds() - cpu_open) / max(1, len(more))
@@ -837,24 +844,39 @@ async def m6(ctx: Ctx, levels: tuple[int, ...] = (1000, 5000, 10000), ramp_to: i
                 ok=cpu / idle / (len(socks) / 1000) <= 0.01 and failures == 0,
             )
         if ramp_to:
-            await m7_ramp(ctx, sys_, socks, probe_rx, ramp_to)
-        head = await settle(sys_, [probe_rx, *socks[:200]])
-        ctx.m10("M6", [probe_rx, *socks], head)
+            await m7_ramp(ctx, sys_, socks, probe_rx, ramp_to, held)
+        head = await settle(sys_, [probe_rx])
+        ctx.m10("M6", [probe_rx], head)
+        held_head = await settle(sys_, socks[:200], tenant=held)
+        ctx.m10("M6", socks, held_head, label=" (held sockets)")
         await close_many([*socks, probe_rx])
 
 
 async def m7(ctx: Ctx, target: int = 15000) -> None:
     async with system(ctx) as sys_:
+        held = await held_tenant()
         probe_rx = await sys_.rest_socket(sys_.tenant.usernames[1])
         socks: list[Sock] = []
-        await m7_ramp(ctx, sys_, socks, probe_rx, target)
+        await m7_ramp(ctx, sys_, socks, probe_rx, target, held)
         head = await settle(sys_, [probe_rx])
         ctx.m10("M7", [probe_rx], head)
         await close_many([*socks, probe_rx])
 
 
-async def m7_ramp(ctx: Ctx, sys_: System, socks: list[Sock], probe_rx: Sock, target: int) -> None:
-    """Ramp at 500/s up to `target` sockets while a 10/s POST→WS probe runs; then hold for a while."""
+async def held_tenant() -> TenantSeed:
+    """The tenant whose sockets M6/M7 hold open: not the probe's. Runs 1-5 held the probe's own tenant's sockets, so
+    every probe message also went to every held socket: at 10/s and 10,000 sockets a 100,000 deliveries/s fan-out,
+    which is M4's question (and far past one process), not whether holding sockets slows a tenant down."""
+    from django.db import close_old_connections
+
+    held = await asyncio.to_thread(seed_tenant, "held", users=USERS, conversations=2, index=3)
+    await asyncio.to_thread(close_old_connections)
+    return held
+
+
+async def m7_ramp(ctx: Ctx, sys_: System, socks: list[Sock], probe_rx: Sock, target: int, held: TenantSeed) -> None:
+    """Ramp at 500/s up to `target` sockets of the `held` tenant while a 10/s POST→WS probe runs in the main tenant
+    (one receiving socket); then hold them for a while with the probe still running."""
     sent: dict[str, float] = {}
     lat: list[tuple[int, float]] = []  # (sockets open when sent, latency)
     held: list[float] = []  # latencies of probes sent once the ramp was over (the sockets are only held)
@@ -886,7 +908,9 @@ async def m7_ramp(ctx: Ctx, sys_: System, socks: list[Sock], probe_rx: Sock, tar
     start_count = len(socks)
     budget = t0 + ctx.d(100, 40)
     while len(socks) < target and time.perf_counter() < budget:
-        more, _, f = await sys_.sockets(min(500, target - len(socks)), concurrency=100, rate=500, deadline=budget)
+        more, _, f = await sys_.sockets(
+            min(500, target - len(socks)), concurrency=100, rate=500, deadline=budget, tenant=held
+        )
         socks += more
         failures += f
         if f > 200:
