@@ -210,7 +210,9 @@ if REDIS_URL:
     # The pub/sub layer was ~40x better at p99 than the core layer here (performance-method.md 4.1/4.2).
     CHANNEL_LAYERS: dict[str, Any] = {
         "default": {
-            "BACKEND": "config.channel_layer.PubSubChannelLayer",  # channels-redis pub/sub, batched publishes
+            # channels-redis' pub/sub layer with batched publishes; CHANNEL_LAYER_BACKEND=
+            # channels_redis.pubsub.RedisPubSubChannelLayer runs the stock one (same wire format, same groups).
+            "BACKEND": os.environ.get("CHANNEL_LAYER_BACKEND") or "config.channel_layer.PubSubChannelLayer",
             # Redis pub/sub ignores database numbers: deployments (and test runs) sharing a Redis need a prefix.
             "CONFIG": {"hosts": [REDIS_URL], "prefix": os.environ.get("CHANNEL_LAYER_PREFIX", "asgi")},
         }
