@@ -55,6 +55,15 @@ def test_database_and_redis_urls_switch_to_postgres_pool_and_redis() -> None:
     assert got["cache"].endswith("RedisCache")  # type: ignore[union-attr]
 
 
+def test_the_stock_channels_redis_layer_can_be_chosen_from_the_environment() -> None:
+    got = probe(
+        DATABASE_URL="postgres://u@127.0.0.1:5432/x",
+        REDIS_URL="redis://127.0.0.1:6379/0",
+        CHANNEL_LAYER_BACKEND="channels_redis.pubsub.RedisPubSubChannelLayer",
+    )
+    assert got["layer"] == "channels_redis.pubsub.RedisPubSubChannelLayer"
+
+
 def test_debug_off_without_a_secret_key_refuses_to_start_with_a_clear_message() -> None:
     result = run(PROBE, DEBUG="False", ALLOWED_HOSTS="inbox.example.com")
     assert result.returncode != 0
