@@ -1,10 +1,15 @@
 """Profile the Daphne process under socket load: handshakes, then tenant fan-out, then typing (py-spy, all threads).
 
     .venv/bin/python -m bench.profile_ws --sockets 1000 --sends 20
+    .venv/bin/python -m bench.profile_ws --sockets 1000 --sends 0 --rounds 4   # handshake CPU, 4 times over
 
 Starts the same system as the benchmarks (bench/scenarios.py `system`), records `py-spy --format raw` for each phase and
 prints the functions with the most samples (own and inclusive) and the Daphne CPU per operation. Raw stacks are kept
 in bench/results/logs/ for flame graphs (`flamegraph.pl` or speedscope).
+
+With --rounds N the sockets are closed and opened again N - 1 more times (a reconnect like M8's, without its jitter)
+and the CPU per handshake of every round is printed with their median: on a box shared with other work one round
+can be off by 20 %. Only the first round is profiled.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import argparse
 import asyncio
 import shutil
 import signal
+import statistics
 import subprocess
 import time
 from collections import Counter
@@ -69,7 +75,29 @@ def summarize(path: Path, top: int = 30) -> str:
     return "\n".join(lines)
 
 
-async def run(sockets: int, sends: int, typing: int) -> None:
+async def reconnect_rounds(sys_: scenarios.System, socks: list, sockets: int, rounds: int, first: float) -> list:
+    """Close every socket, let the server settle (and the offline grace pass), open them again; `rounds` - 1 times.
+    Returns the sockets of the last round; prints the CPU per handshake of each round and the median."""
+    per_round = [first]
+    for _ in range(rounds - 1):
+        await scenarios.close_many(socks)
+        await scenarios.quiesce(sys_.daphne)
+        await asyncio.sleep(4)  # presence's offline grace (3 s) and its announcements
+        await scenarios.quiesce(sys_.daphne)
+        cpu0, t0 = sys_.daphne.cpu_seconds(), time.perf_counter()
+        socks, _, failures = await sys_.sockets(sockets)
+        cpu, wall = sys_.daphne.cpu_seconds() - cpu0, time.perf_counter() - t0
+        per_round.append(1000 * cpu / max(1, len(socks)))
+        print(f"handshakes (again): {len(socks)} in {wall:.1f} s, {per_round[-1]:.2f} ms CPU each, failures {failures}")
+    if rounds > 1:
+        print(
+            f"handshake CPU per round: {', '.join(f'{v:.2f}' for v in per_round)} ms; "
+            f"median {statistics.median(per_round):.2f} ms"
+        )
+    return socks
+
+
+async def run(sockets: int, sends: int, typing: int, rounds: int = 1) -> None:
     services = await asyncio.to_thread(services_up)
     ctx = scenarios.Ctx(services=services, report=Report(), quick=True)
     logs = services.log_dir
@@ -83,8 +111,13 @@ async def run(sockets: int, sends: int, typing: int) -> None:
             pyspy_stop(prof)
             await scenarios.quiesce(sys_.daphne)
             await scenarios.settle(sys_, socks)
-            print(f"handshakes: {len(socks)} in {wall_h:.1f} s, {1000 * cpu_h / max(1, len(socks)):.2f} ms CPU each, "
-                  f"failures {failures}")
+            print(
+                f"handshakes: {len(socks)} in {wall_h:.1f} s, {1000 * cpu_h / max(1, len(socks)):.2f} ms CPU each, "
+                f"failures {failures}"
+            )
+            socks = await reconnect_rounds(sys_, socks, sockets, rounds, 1000 * cpu_h / max(1, len(socks)))
+            await scenarios.quiesce(sys_.daphne)
+            await scenarios.settle(sys_, socks)
             got = Counter[str]()
 
             def hook(sock: object, frame: dict, now: float) -> None:
@@ -105,8 +138,10 @@ async def run(sockets: int, sends: int, typing: int) -> None:
             cpu_f = sys_.daphne.cpu_seconds() - cpu0
             pyspy_stop(prof)
             delivered = sum(got.values())
-            print(f"fan-out: {delivered}/{len(socks) * sends} delivered, "
-                  f"{1e6 * cpu_f / max(1, delivered):.0f} µs Daphne CPU per delivery (incl. sends)")
+            print(
+                f"fan-out: {delivered}/{len(socks) * sends} delivered, "
+                f"{1e6 * cpu_f / max(1, delivered):.0f} µs Daphne CPU per delivery (incl. sends)"
+            )
             for name in ("handshake", "fanout"):
                 print(f"\n===== {name} =====")
                 print(summarize(logs / f"prof-{name}.txt"))
@@ -120,8 +155,9 @@ def main() -> None:
     parser.add_argument("--sockets", type=int, default=1000)
     parser.add_argument("--sends", type=int, default=20)
     parser.add_argument("--typing", type=int, default=0)
+    parser.add_argument("--rounds", type=int, default=1, help="handshake rounds (close all, reconnect all)")
     args = parser.parse_args()
-    asyncio.run(run(args.sockets, args.sends, args.typing))
+    asyncio.run(run(args.sockets, args.sends, args.typing, args.rounds))
 
 
 if __name__ == "__main__":

@@ -40,13 +40,14 @@ from django.http.cookie import parse_cookie
 
 from accounts.models import User
 from config import metrics
+from config.db import rls
 from inbox import events, presence
 from inbox.models import Conversation, EventSequence, Message, TenantEvent
 from inbox.services import read_marker_set
 from tenants.models import Membership, Tenant
 from tenants.scoping import tenant_scope
 from tenants.selectors import membership_get
-from tenants.tickets import ticket_membership, ticket_spend
+from tenants.tickets import ticket_admit
 
 logger = logging.getLogger(__name__)
 
@@ -166,10 +167,10 @@ def _authenticate(scope: dict[str, Any], slug: str) -> tuple[Membership | None, 
     ticket = ticket_param(scope)
     if ticket is not None:
         # Ticket clients need no cookie and may send no Origin; a foreign Origin never got this far (403).
-        spent = ticket_spend(token=ticket, tenant_slug=slug)
-        if spent is None:
+        admission = ticket_admit(token=ticket, tenant_slug=slug)
+        if admission is None:
             return None, CLOSE_UNAUTHENTICATED, ""
-        membership = ticket_membership(user_id=spent[0], tenant_id=spent[1])
+        membership = admission.membership
         if membership is None:
             return None, CLOSE_FORBIDDEN, ""
         return (
@@ -205,20 +206,24 @@ def _still_allowed(tenant_id: int, user_id: int, stamp: str) -> bool:
     return _allowed_stamps(tenant_id, {user_id}).get(user_id) == stamp
 
 
+# Parameters: tenant id (the head's), tenant id, user id. Raw: every handshake runs it, and compiling the ORM's
+# version cost more CPU than the rest of the handshake's database work.
+_HANDSHAKE_STATE_SQL: Final = (
+    f"SELECT u.password, u.credentials_epoch,"
+    f" (SELECT s.last_seq FROM {EventSequence._meta.db_table} s WHERE s.tenant_id = %s)"
+    f" FROM {Membership._meta.db_table} m JOIN {User._meta.db_table} u ON u.id = m.user_id"
+    " WHERE m.tenant_id = %s AND m.user_id = %s AND m.is_active AND u.is_active"
+)
+
+
 def _handshake_state(tenant_id: int, user_id: int, stamp: str) -> tuple[bool, int]:
     """(still allowed, log head), read after the socket joined its groups: a revocation committed during the
-    handshake either shows here or sends its notice to a socket that already listens. One query."""
-    with tenant_scope(tenant_id):
-        head = EventSequence.objects.filter(tenant_id=tenant_id).values("last_seq")[:1]
-        row = (
-            Membership.objects.filter(user_id=user_id, is_active=True, user__is_active=True)
-            .annotate(head=Subquery(head))
-            .values_list("user__password", "user__credentials_epoch", "head")
-            .first()
-        )
-    if row is None:
+    handshake either shows here or sends its notice to a socket that already listens. One statement, in the
+    tenant's scope (row-level security's settings travel with it)."""
+    rows = rls.fetch_in_tenant(tenant_id, _HANDSHAKE_STATE_SQL, [tenant_id, tenant_id, user_id])
+    if not rows:
         return False, 0
-    password, epoch, last = row
+    password, epoch, last = rows[0]
     return credential_stamp(password, epoch) == stamp, int(last or 0)
 
 

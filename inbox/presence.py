@@ -47,6 +47,7 @@ SocketBeat = tuple[int, int, str, tuple[int, ...]]  # (tenant id, user id, conne
 
 class Store(Protocol):
     def touch(self, tenant_id: int, user_id: int, conn_id: str, expires: float) -> bool: ...
+    def open(self, tenant_id: int, user_id: int, conn_id: str, expires: float) -> tuple[bool, set[int]]: ...
     def touch_many(self, sockets: list[SocketBeat], expires: float) -> list[tuple[int, int]]: ...
     def drop(self, tenant_id: int, user_id: int, conn_id: str) -> None: ...
     def settle(self, tenant_id: int, user_id: int, now: float) -> bool: ...
@@ -76,6 +77,9 @@ class MemoryStore:
                 return False
             announced.add(user_id)
             return True
+
+    def open(self, tenant_id: int, user_id: int, conn_id: str, expires: float) -> tuple[bool, set[int]]:
+        return self.touch(tenant_id, user_id, conn_id, expires), self.online(tenant_id, time.time())
 
     def touch_many(self, sockets: list[SocketBeat], expires: float) -> list[tuple[int, int]]:
         became: list[tuple[int, int]] = []
@@ -158,6 +162,15 @@ redis.call('SADD', KEYS[4], ARGV[4])
 for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ARGV[5]) end
 return redis.call('SADD', KEYS[3], ARGV[3])
 """
+# A new socket: _TOUCH, then the users announced online (for `hello`), in one round trip.
+_OPEN = """
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3] .. ':' .. ARGV[1])
+redis.call('SADD', KEYS[4], ARGV[4])
+for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ARGV[5]) end
+local became = redis.call('SADD', KEYS[3], ARGV[3])
+return {became, redis.call('SMEMBERS', KEYS[3])}
+"""
 _SETTLE = """
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
 if redis.call('ZCARD', KEYS[1]) > 0 then return 0 end
@@ -190,6 +203,7 @@ class RedisStore:
         self.redis = redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=5)
         self.prefix = prefix
         self._touch = self.redis.register_script(_TOUCH)
+        self._open = self.redis.register_script(_OPEN)
         self._settle = self.redis.register_script(_SETTLE)
         self._reap = self.redis.register_script(_REAP)
 
@@ -201,6 +215,13 @@ class RedisStore:
         keep = int(ttl() * 10) + 60  # idle keys clean themselves up
         keys = [f"{t}:u:{user_id}", f"{t}:conns", f"{t}:online", f"{self.prefix}:tenants"]
         return bool(self._touch(keys=keys, args=[conn_id, expires, user_id, tenant_id, keep]))
+
+    def open(self, tenant_id: int, user_id: int, conn_id: str, expires: float) -> tuple[bool, set[int]]:
+        t = self._t(tenant_id)
+        keep = int(ttl() * 10) + 60
+        keys = [f"{t}:u:{user_id}", f"{t}:conns", f"{t}:online", f"{self.prefix}:tenants"]
+        became, online = self._open(keys=keys, args=[conn_id, expires, user_id, tenant_id, keep])
+        return bool(became), {int(u) for u in online}
 
     def touch_many(self, sockets: list[SocketBeat], expires: float) -> list[tuple[int, int]]:
         """All of a process's sockets in one pipeline: one round trip instead of one per socket."""
@@ -295,8 +316,8 @@ def connection_touch(tenant_id: int, user_id: int, conn_id: str) -> bool:
 
 
 def connection_open(tenant_id: int, user_id: int, conn_id: str) -> tuple[bool, set[int]]:
-    """A new socket: connection_touch, then the tenant's online users (for `hello`), in one call."""
-    return connection_touch(tenant_id, user_id, conn_id), online_user_ids(tenant_id)
+    """A new socket: connection_touch, then the tenant's online users (for `hello`), in one store round trip."""
+    return store().open(tenant_id, user_id, conn_id, time.time() + ttl())
 
 
 def heartbeat_many(sockets: list[SocketBeat]) -> list[tuple[int, int]]:

@@ -113,6 +113,40 @@ def twisted_write_now() -> None:
         pass
 
 
+class _LazyPformat:
+    """pprint.pformat(obj), computed only if a log line is ever formatted with it."""
+
+    __slots__ = ("obj",)
+
+    def __init__(self, obj: Any) -> None:
+        self.obj = obj
+
+    def __str__(self) -> str:
+        import pprint
+
+        return pprint.pformat(self.obj)
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self), spec)
+
+
+def autobahn_lazy_debug() -> None:
+    """Escape hatch (third-party behaviour): autobahn pretty-prints its ~40 protocol options for a debug log line on
+    every WebSocket it accepts, whether or not debug logging is on (6 % of a handshake's CPU in bench/profile_ws.py).
+    The line is built the same when it is logged; otherwise nothing is formatted. Harmless under other servers."""
+    try:
+        from autobahn.websocket import protocol
+    except ImportError:  # pragma: no cover - another ASGI server
+        return
+    if getattr(protocol, "_inbox_lazy_pformat", False):
+        return
+    import pprint
+
+    protocol.pformat = _LazyPformat
+    protocol.Timings.__str__ = lambda self: pprint.pformat(self._timings)  # the one caller that needs a str
+    protocol._inbox_lazy_pformat = True
+
+
 class TicketBypassesSession:
     """Handshakes with `?ticket=` skip the session and auth middleware: the consumer ignores cookies for them
     (inbox.consumers._authenticate), so loading a session and wrapping every frame's send would be waste."""
@@ -129,6 +163,7 @@ class TicketBypassesSession:
 
 daphne_close_with_codes()
 twisted_write_now()
+autobahn_lazy_debug()
 
 websocket_application = ForeignOriginGuard(
     TicketBypassesSession(AuthMiddlewareStack(URLRouter(websocket_urlpatterns)), URLRouter(websocket_urlpatterns)),

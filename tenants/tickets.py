@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Final
+from typing import Any, Final
 
 from django.db import connection
 from django.utils import timezone
 
 from accounts.models import User
+from config.db import rls
 from tenants.models import Membership, SocketTicket, Tenant
 from tenants.scoping import scopes_disabled, tenant_scope
 
@@ -41,25 +43,110 @@ def ticket_issue(*, user: User, tenant: Tenant) -> tuple[str, datetime]:
     return token, expires_at
 
 
+# One conditional UPDATE: "single use" holds under concurrency because of two handshakes racing with one ticket,
+# exactly one changes the row. Parameters: now, the token's hash, now, the tenant's slug.
+_SPEND_SQL: Final = (
+    f"UPDATE {SocketTicket._meta.db_table} SET used_at = %s"
+    " WHERE token_hash = %s AND used_at IS NULL AND expires_at > %s"
+    f" AND tenant_id = (SELECT id FROM {Tenant._meta.db_table} WHERE slug = %s) RETURNING user_id, tenant_id"
+)
+_TENANT_OF_SLUG: Final = f"SELECT id FROM {Tenant._meta.db_table} WHERE slug = %s"
+
+# What a socket needs of the membership a ticket grants: the membership, its tenant, its user (with what the
+# credential stamp is made of and what User.name reads). The columns come in each model's field order (from_db).
+_MEMBERSHIP_COLUMNS: Final = ("id", "tenant_id", "user_id", "role", "is_active")
+_TENANT_COLUMNS: Final = ("id", "name", "slug")
+_USER_COLUMNS: Final = (
+    "id", "password", "username", "first_name", "last_name", "is_active", "display_name", "credentials_epoch"
+)  # fmt: skip
+_GRANT_SELECT: Final = ", ".join(
+    [f"m.{c}" for c in _MEMBERSHIP_COLUMNS] + [f"t.{c}" for c in _TENANT_COLUMNS] + [f"u.{c}" for c in _USER_COLUMNS]
+)
+_GRANT_JOIN: Final = (
+    f" JOIN {Tenant._meta.db_table} t ON t.id = m.tenant_id"
+    f" JOIN {User._meta.db_table} u ON u.id = m.user_id AND u.is_active"
+)
+# PostgreSQL: spend and read in one statement. The membership is read in the slug's tenant scope (row-level
+# security applies to both tables; rls.fetch_in_tenant sends the scope in the same round trip).
+_SPEND_AND_GRANT_SQL: Final = (
+    f"WITH spent AS ({_SPEND_SQL}) SELECT spent.user_id, spent.tenant_id, {_GRANT_SELECT} FROM spent"
+    f" LEFT JOIN ({Membership._meta.db_table} m{_GRANT_JOIN})"
+    " ON m.tenant_id = spent.tenant_id AND m.user_id = spent.user_id AND m.is_active"
+)
+# Elsewhere (SQLite has no UPDATE in WITH): the same read after the spend. Parameters: tenant id, user id.
+_GRANT_SQL: Final = (
+    f"SELECT {_GRANT_SELECT} FROM {Membership._meta.db_table} m{_GRANT_JOIN}"
+    " WHERE m.tenant_id = %s AND m.user_id = %s AND m.is_active"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """A ticket just spent: whose it was, and the active membership of an active user it grants (None: none)."""
+
+    user_id: int
+    tenant_id: int
+    membership: Membership | None
+
+
+def _spend_params(token: str, tenant_slug: str) -> list[Any]:
+    now = connection.ops.adapt_datetimefield_value(timezone.now())
+    return [now, _hash(token), now, tenant_slug]
+
+
+def _valid_token(token: str) -> bool:
+    return bool(token) and len(token) <= MAX_TOKEN_CHARS
+
+
 def ticket_spend(*, token: str, tenant_slug: str) -> tuple[int, int] | None:
     """Use up a valid ticket of that tenant: (user id, tenant id), or None when unknown, expired, used or foreign.
 
-    One conditional UPDATE … RETURNING (a socket handshake's first statement): "single use" holds under
-    concurrency because of two handshakes racing with one ticket, exactly one changes the row. The tenant is not
-    known before the ticket is found, so the statement crosses tenants; the slug in it keeps it to one.
+    The tenant is not known before the ticket is found, so the statement crosses tenants; the slug in it keeps it
+    to one.
     """
-    if not token or len(token) > MAX_TOKEN_CHARS:
+    if not _valid_token(token):
         return None
-    now = connection.ops.adapt_datetimefield_value(timezone.now())
-    tickets, tenants = SocketTicket._meta.db_table, Tenant._meta.db_table
-    sql = (
-        f"UPDATE {tickets} SET used_at = %s WHERE token_hash = %s AND used_at IS NULL AND expires_at > %s"
-        f" AND tenant_id = (SELECT id FROM {tenants} WHERE slug = %s) RETURNING user_id, tenant_id"
-    )
     with scopes_disabled(), connection.cursor() as cursor:
-        cursor.execute(sql, [now, _hash(token), now, tenant_slug])
+        cursor.execute(_SPEND_SQL, _spend_params(token, tenant_slug))
         row = cursor.fetchone()
     return (int(row[0]), int(row[1])) if row else None
+
+
+def _membership_from_row(row: tuple[Any, ...]) -> Membership:
+    """The models as select_related("tenant", "user") would build them, with only the columns read."""
+    membership_end = len(_MEMBERSHIP_COLUMNS)
+    tenant_end = membership_end + len(_TENANT_COLUMNS)
+    membership = Membership.from_db(connection.alias, _MEMBERSHIP_COLUMNS, row[:membership_end])
+    tenant = Tenant.from_db(connection.alias, _TENANT_COLUMNS, row[membership_end:tenant_end])
+    user = User.from_db(connection.alias, _USER_COLUMNS, row[tenant_end:])
+    Membership.tenant.field.set_cached_value(membership, tenant)
+    Membership.user.field.set_cached_value(membership, user)
+    return membership
+
+
+def ticket_admit(*, token: str, tenant_slug: str) -> Admission | None:
+    """Use up a valid ticket of that tenant and read the membership it grants (a socket handshake's first call).
+
+    None when the ticket is unknown, expired, used or foreign (the socket closes with 4401); an Admission without a
+    membership when the ticket was good but its user is not an active member or not active (4403). On PostgreSQL
+    this is one raw statement in one round trip: no ORM compilation, no separate scope change.
+    """
+    if not _valid_token(token):
+        return None
+    params = _spend_params(token, tenant_slug)
+    if connection.vendor == "postgresql":
+        rows = rls.fetch_in_tenant(rls.TenantOf(_TENANT_OF_SLUG, (tenant_slug,)), _SPEND_AND_GRANT_SQL, params)
+        if not rows:
+            return None
+        user_id, tenant_id, *grant = rows[0]
+        membership = _membership_from_row(tuple(grant)) if grant[0] is not None else None
+        return Admission(int(user_id), int(tenant_id), membership)
+    spent = ticket_spend(token=token, tenant_slug=tenant_slug)
+    if spent is None:
+        return None
+    user_id, tenant_id = spent
+    rows = rls.fetch_in_tenant(tenant_id, _GRANT_SQL, [tenant_id, user_id])
+    return Admission(user_id, tenant_id, _membership_from_row(rows[0]) if rows else None)
 
 
 def ticket_consume(*, token: str, tenant_slug: str) -> User | None:
@@ -70,22 +157,10 @@ def ticket_consume(*, token: str, tenant_slug: str) -> User | None:
     return User.objects.filter(pk=spent[0]).first()
 
 
-def ticket_membership(*, user_id: int, tenant_id: int) -> Membership | None:
-    """The active membership of an active user that a spent ticket names, with its user and tenant (one query)."""
-    with tenant_scope(tenant_id):
-        return (
-            Membership.objects.select_related("user", "tenant")
-            .filter(tenant_id=tenant_id, user_id=user_id, is_active=True, user__is_active=True)
-            .first()
-        )
-
-
 def ticket_redeem(*, token: str, tenant_slug: str) -> Membership | None:
     """Use up a ticket and return the active membership it grants, or None (invalid, expired, used, not a member)."""
-    spent = ticket_spend(token=token, tenant_slug=tenant_slug)
-    if spent is None:
-        return None
-    return ticket_membership(user_id=spent[0], tenant_id=spent[1])
+    admission = ticket_admit(token=token, tenant_slug=tenant_slug)
+    return admission.membership if admission is not None else None
 
 
 def tickets_revoke_unsafe(*, user_id: int) -> int:

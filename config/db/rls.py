@@ -10,11 +10,12 @@ only one tenant's rows when the app connects as a role subject to RLS (not a sup
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from django.apps import apps
-from django.db import models
+from django.db import DEFAULT_DB_ALIAS, connections, models
 from django_scopes import scope
 from django_scopes.manager import DisabledQuerySet
 from django_scopes.state import state as scope_state
@@ -24,6 +25,11 @@ BYPASS_SETTING = "app.rls_bypass"
 # One round trip sets both; session-level (is_local=false) so it outlives autocommit statements. A ROLLBACK (TO
 # SAVEPOINT) undoes it, which the backend tracks.
 SET_SQL = f"SELECT set_config('{TENANT_SETTING}', %s, false), set_config('{BYPASS_SETTING}', %s, false)"
+# The same for a tenant named by a query (rls.TenantOf); an unknown one gets '' and sees nothing.
+SET_TENANT_OF_SQL = (
+    f"SELECT set_config('{TENANT_SETTING}', COALESCE(({{tenant}})::text, ''), false),"
+    f" set_config('{BYPASS_SETTING}', '', false)"
+)
 NOTHING: tuple[str, str] = ("", "")
 BYPASS: tuple[str, str] = ("", "on")
 
@@ -47,6 +53,32 @@ def wanted_settings() -> tuple[str, str]:
     if isinstance(tenant, str) and tenant.isdigit():
         return (tenant, "")
     return NOTHING
+
+
+@dataclass(frozen=True)
+class TenantOf:
+    """A tenant named by a query that returns its id (or no row), resolved by the database in the same round trip:
+    a handshake knows its tenant's slug, not its id."""
+
+    sql: str
+    params: tuple[Any, ...] = ()
+
+
+def fetch_in_tenant(
+    tenant: int | TenantOf, sql: str, params: Sequence[Any], *, using: str = DEFAULT_DB_ALIAS
+) -> list[tuple[Any, ...]]:
+    """Run one raw statement in one tenant's scope and return its rows (hot paths that skip the ORM: a socket
+    handshake). Under row-level security the settings travel with the statement, in one round trip; an unknown
+    tenant (TenantOf with no row) sees nothing. Elsewhere (SQLite, DATABASE_RLS=False) it is a plain cursor: the
+    statement must filter by tenant itself either way, RLS being the third layer, not the only one.
+    """
+    connection = connections[using]
+    scoped = getattr(connection, "fetch_in_tenant", None)
+    if scoped is not None:
+        return scoped(tenant, sql, params)  # type: ignore[no-any-return]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return list(cursor.fetchall()) if cursor.description else []
 
 
 # --- Manager overrides: Model.objects.with_scopes_disabled() / .with_scope(...) --------------------------------

@@ -128,6 +128,20 @@ async def test_the_store_decides_each_transition_once(settings: Any) -> None:
     presence.store().clear()
 
 
+async def test_opening_a_socket_registers_it_and_lists_who_is_online_in_one_call(settings: Any) -> None:
+    settings.PRESENCE_TTL = 30
+    presence.store().clear()
+    assert presence.connection_open(1, 10, "a") == (True, {10})
+    assert presence.connection_open(1, 11, "b") == (True, {10, 11})
+    assert presence.connection_open(1, 10, "c") == (False, {10, 11})  # a second tab
+    assert presence.connection_open(2, 12, "d") == (True, {12})  # another tenant is separate
+    presence.connection_drop(1, 10, "a")
+    presence.connection_drop(1, 10, "c")
+    assert presence.user_settle(1, 10) is True  # the opened sockets count like touched ones
+    assert presence.connection_open(1, 11, "e") == (False, {11})
+    presence.store().clear()
+
+
 async def test_a_page_connecting_while_a_colleague_reloads_still_lists_them_online(world: World, settings: Any) -> None:
     """hello must agree with the announcements: Alice's last tab closed but she was never announced offline (she
     comes back within the grace period), so a page that connects in between must count her online."""

@@ -280,6 +280,49 @@ def test_a_pooled_connection_reused_in_another_scope_gets_the_new_tenant(
     assert seen == {"count": rows[world.globex.pk], "same": True, "tenant": str(world.globex.pk)}
 
 
+_SETTINGS_SQL = f"SELECT current_setting('{rls.TENANT_SETTING}', true), current_setting('{rls.BYPASS_SETTING}', true)"
+_SLUG_SQL = "SELECT id FROM tenants_tenant WHERE slug = %s"
+
+
+def test_a_raw_statement_in_a_tenant_scope_carries_its_settings_in_the_same_round_trip(
+    require_postgres: None, world: World
+) -> None:
+    _setting(rls.TENANT_SETTING)  # ("", "") sent
+    sent = connection.rls_settings_sent  # type: ignore[attr-defined]
+    assert rls.fetch_in_tenant(world.acme.pk, _SETTINGS_SQL, []) == [(str(world.acme.pk), "")]
+    assert connection.rls_settings_sent == sent + 1  # type: ignore[attr-defined]
+    assert sent_settings(connection.connection) == (str(world.acme.pk), "")
+    assert rls.fetch_in_tenant(world.acme.pk, _SETTINGS_SQL, []) == [(str(world.acme.pk), "")]
+    assert connection.rls_settings_sent == sent + 1  # type: ignore[attr-defined]  # already there: nothing sent
+    with tenant_scope(world.acme.pk):
+        assert Message.objects.count() == 0  # the ORM's statements agree: nothing more to send
+    assert connection.rls_settings_sent == sent + 1  # type: ignore[attr-defined]
+    # A tenant named by a query (a handshake's slug), resolved in the same round trip; an unknown one sees nothing.
+    by_slug = rls.TenantOf(_SLUG_SQL, ("globex",))
+    assert rls.fetch_in_tenant(by_slug, _SETTINGS_SQL + " WHERE %s = 1", [1]) == [(str(world.globex.pk), "")]
+    assert sent_settings(connection.connection) == (str(world.globex.pk), "")
+    assert rls.fetch_in_tenant(rls.TenantOf(_SLUG_SQL, ("nope",)), _SETTINGS_SQL, []) == [("", "")]
+    assert sent_settings(connection.connection) == ("", "")
+
+
+def test_a_failed_raw_statement_forgets_the_settings_sent_with_it(require_postgres: None, world: World) -> None:
+    with pytest.raises(DatabaseError), transaction.atomic():
+        rls.fetch_in_tenant(world.acme.pk, "SELECT 1 / 0", [])
+    # ROLLBACK TO SAVEPOINT undid acme's settings; Django's RELEASE SAVEPOINT right after sent its own (no scope).
+    assert sent_settings(connection.connection) == ("", "")
+    assert _setting(rls.TENANT_SETTING) == ""
+    assert rls.fetch_in_tenant(world.acme.pk, _SETTINGS_SQL, []) == [(str(world.acme.pk), "")]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_failed_raw_statement_in_autocommit_forgets_too(require_postgres: None, world: World) -> None:
+    assert rls.fetch_in_tenant(world.globex.pk, _SETTINGS_SQL, []) == [(str(world.globex.pk), "")]
+    with pytest.raises(DatabaseError):
+        rls.fetch_in_tenant(world.acme.pk, "SELECT 1 / 0", [])  # rolled back with its settings: globex's stay
+    assert sent_settings(connection.connection) is None
+    assert _setting(rls.TENANT_SETTING) == ""  # the next ORM statement sends its own (here: none)
+
+
 # --- The application under RLS, as the app role ----------------------------------------------------------------------
 
 
@@ -382,6 +425,43 @@ async def _realtime(settings: Any) -> AsyncIterator[None]:
     layer = get_channel_layer()
     if layer is not None and hasattr(layer, "flush"):
         await layer.flush()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_ticket_is_admitted_as_the_app_role_in_its_own_tenant_only(app_role_everywhere: str, world: World) -> None:
+    from tenants.tickets import ticket_admit, ticket_issue
+
+    token, _ = ticket_issue(user=world.bob, tenant=world.acme)
+    assert ticket_admit(token=token, tenant_slug="globex") is None
+    admission = ticket_admit(token=token, tenant_slug="acme")
+    assert admission is not None and admission.membership is not None
+    assert (admission.membership.user_id, admission.membership.tenant.slug) == (world.bob.pk, "acme")
+    token, _ = ticket_issue(user=world.charlie, tenant=world.acme)
+    admission = ticket_admit(token=token, tenant_slug="acme")  # globex's membership is out of acme's sight
+    assert admission is not None and admission.membership is None
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_ticket_handshake_works_as_the_app_role(
+    app_role_everywhere: str, world: World, _realtime: None
+) -> None:
+    from inbox.tests.test_consumers import append_messages, close, communicator
+    from tenants.tickets import ticket_issue
+
+    await database_sync_to_async(append_messages)(world.globex_conversation.pk, world.globex.pk, 2)
+    await database_sync_to_async(append_messages)(world.acme_conversation.pk, world.acme.pk)
+    token, _ = await database_sync_to_async(ticket_issue)(user=world.bob, tenant=world.acme)
+    bob_ws = communicator("acme", query=f"ticket={token}", headers=[])
+    assert (await bob_ws.connect(timeout=5))[0]
+    hello = await bob_ws.receive_json_from(timeout=5)
+    assert hello["type"] == "hello", hello
+    assert (hello["data"]["user"]["id"], hello["data"]["tenant"]["slug"], hello["data"]["seq"]) == (
+        world.bob.pk,
+        "acme",
+        2,
+    )
+    await close(bob_ws)
+    await sync_to_async(connections.close_all)()  # the executor thread's connection, before the role is dropped
 
 
 @pytest.mark.django_db(transaction=True)

@@ -13,7 +13,7 @@ from django.utils import timezone
 from inbox.tests.fixtures import World
 from tenants.models import Membership, SocketTicket
 from tenants.scoping import scopes_disabled
-from tenants.tickets import ticket_issue, ticket_prune_unsafe, ticket_redeem
+from tenants.tickets import ticket_admit, ticket_issue, ticket_prune_unsafe, ticket_redeem
 
 
 def test_it_issues_a_random_ticket_valid_for_60_seconds_and_stores_only_its_hash(world: World) -> None:
@@ -62,6 +62,46 @@ def test_a_ticket_needs_an_active_membership_when_redeemed(world: World) -> None
     world.alice.save()
     token, _ = ticket_issue(user=world.alice, tenant=world.acme)
     assert ticket_redeem(token=token, tenant_slug="acme") is None
+
+
+def test_admitting_a_ticket_reads_the_membership_it_grants_as_select_related_would(world: World) -> None:
+    world.charlie.display_name, world.charlie.first_name, world.charlie.last_name = "", "Charlie", "Brown"
+    world.charlie.save()
+    token, _ = ticket_issue(user=world.charlie, tenant=world.globex)
+    admission = ticket_admit(token=token, tenant_slug="globex")
+    assert admission is not None
+    assert (admission.user_id, admission.tenant_id) == (world.charlie.pk, world.globex.pk)
+    with scopes_disabled():
+        expected = Membership.objects.select_related("user", "tenant").get(user=world.charlie, tenant=world.globex)
+    membership = admission.membership
+    assert membership is not None
+    assert (membership.pk, membership.role, membership.tenant_id, membership.user_id) == (
+        expected.pk,
+        expected.role,
+        world.globex.pk,
+        world.charlie.pk,
+    )
+    tenant = membership.tenant
+    assert (tenant.pk, tenant.slug, tenant.name) == (world.globex.pk, "globex", "Globex")
+    user = membership.user
+    assert (user.pk, user.username, user.name) == (world.charlie.pk, "charlie", "Charlie Brown")  # no display name
+    assert user.credential_stamp == expected.user.credential_stamp  # what the socket's re-checks compare
+    assert ticket_admit(token=token, tenant_slug="globex") is None  # used up
+
+
+def test_a_ticket_of_a_non_member_is_used_up_and_admits_no_membership(world: World) -> None:
+    """The handshake tells the two apart: no admission closes with 4401, one without membership with 4403."""
+    token, _ = ticket_issue(user=world.charlie, tenant=world.acme)  # never a member of acme
+    admission = ticket_admit(token=token, tenant_slug="acme")
+    assert admission is not None and admission.membership is None
+    assert (admission.user_id, admission.tenant_id) == (world.charlie.pk, world.acme.pk)
+    assert ticket_admit(token=token, tenant_slug="acme") is None
+    token, _ = ticket_issue(user=world.bob, tenant=world.acme)
+    world.bob.is_active = False
+    world.bob.save()
+    admission = ticket_admit(token=token, tenant_slug="acme")
+    assert admission is not None and admission.membership is None
+    assert ticket_admit(token="nope", tenant_slug="acme") is None
 
 
 def test_prune_deletes_long_expired_tickets_only(world: World) -> None:

@@ -12,11 +12,12 @@ OPTIONS["assume_role"] (settings: DATABASE_APP_ROLE) makes every new connection 
 from __future__ import annotations
 
 import weakref
+from collections.abc import Sequence
 from typing import Any
 
 from django.db.backends.postgresql.base import DatabaseWrapper as PostgresDatabaseWrapper
-from psycopg import sql
-from psycopg.pq import TransactionStatus
+from psycopg import ClientCursor, sql
+from psycopg.pq import ExecStatus, TransactionStatus
 
 from config.db import rls
 
@@ -27,6 +28,12 @@ _sent: weakref.WeakKeyDictionary[Any, tuple[str, str]] = weakref.WeakKeyDictiona
 def sent_settings(raw_connection: Any) -> tuple[str, str] | None:
     """What this backend believes the connection's settings are (None: unknown, they will be sent)."""
     return _sent.get(raw_connection)
+
+
+def _rows(cursor: Any) -> list[tuple[Any, ...]]:
+    # Not `cursor.description`: psycopg builds a Column object per column each time it is read.
+    result = cursor.pgresult
+    return cursor.fetchall() if result is not None and result.status == ExecStatus.TUPLES_OK else []  # type: ignore[no-any-return]
 
 
 class DatabaseWrapper(PostgresDatabaseWrapper):
@@ -60,6 +67,43 @@ class DatabaseWrapper(PostgresDatabaseWrapper):
             _sent[raw] = wanted
             self.rls_settings_sent += 1
         return execute(statement, params, many, context)
+
+    def fetch_in_tenant(
+        self, tenant: int | rls.TenantOf, statement: str, params: Sequence[Any]
+    ) -> list[tuple[Any, ...]]:
+        """rls.fetch_in_tenant: the statement on the raw connection (no Django cursor wrappers, no query log), with
+        the settings in front of it in the same round trip (one simple-query message of two statements) unless the
+        connection already carries them."""
+        self.ensure_connection()
+        raw = self.connection
+        if isinstance(tenant, rls.TenantOf):
+            prefix: str | None = rls.SET_TENANT_OF_SQL.format(tenant=tenant.sql)
+            prefix_params: Sequence[Any] = tenant.params
+        elif _sent.get(raw) == (wanted := (str(tenant), "")):
+            prefix = None
+        else:
+            prefix, prefix_params = rls.SET_SQL, wanted
+        with self.wrap_database_errors, raw.cursor() as cursor:
+            if prefix is None:
+                cursor.execute(statement, params)
+                return _rows(cursor)
+            try:
+                if isinstance(cursor, ClientCursor):
+                    cursor.execute(f"{prefix}; {statement}", [*prefix_params, *params])
+                    sent = cursor.fetchone()
+                    cursor.nextset()
+                else:  # server-side binding takes one statement per message
+                    cursor.execute(prefix, prefix_params)
+                    sent = cursor.fetchone()
+                    cursor.execute(statement, params)
+                rows = _rows(cursor)
+            except Exception:
+                _sent.pop(raw, None)  # a failed statement undoes the settings sent with it
+                raise
+        assert sent is not None
+        _sent[raw] = (sent[0], sent[1])
+        self.rls_settings_sent += 1
+        return rows
 
     def _forget(self) -> None:
         if self.connection is not None:
