@@ -2,20 +2,72 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.utils.translation import gettext_lazy as _
 from drf_spectacular.contrib.rest_framework_simplejwt import SimpleJWTScheme
+from rest_framework.request import Request
 from rest_framework_simplejwt.authentication import JWTAuthentication
-from rest_framework_simplejwt.exceptions import AuthenticationFailed
+from rest_framework_simplejwt.exceptions import AuthenticationFailed, InvalidToken
+from rest_framework_simplejwt.settings import api_settings
+from rest_framework_simplejwt.utils import get_md5_hash_password
 
 EPOCH_CLAIM = "epoch"
 
+# Set on the DRF request by EpochJWTAuthentication on a tenant route: (tenant slug, user, membership or None), what
+# inbox.permissions.TenantMember would otherwise read again.
+PREFETCHED_MEMBERSHIP = "prefetched_membership"
+
 
 class EpochJWTAuthentication(JWTAuthentication):
-    """simplejwt's authentication, plus: a token issued before the user's last "log out everywhere" is refused."""
+    """simplejwt's authentication, plus: a token issued before the user's last "log out everywhere" is refused.
+
+    On a tenant route (/api/tenants/<slug>/...) the user is read together with their membership of that tenant, in
+    one query (tenants.selectors.user_and_membership_unsafe), and the membership is handed to the permission
+    check on the request: authentication and membership used to be two statements, each with its own ORM
+    compilation and RLS scope change. The checks on the user are simplejwt's own, unchanged.
+    """
+
+    _tenant_slug: str | None = None
+
+    def authenticate(self, request: Request) -> Any:
+        context = getattr(request, "parser_context", None) or {}
+        slug = (context.get("kwargs") or {}).get("tenant_slug")
+        self._tenant_slug = str(slug) if slug is not None else None
+        self._request = request
+        return super().authenticate(request)
 
     def get_user(self, validated_token: Any) -> Any:
-        user = super().get_user(validated_token)
+        if self._tenant_slug is None:
+            user = super().get_user(validated_token)
+        else:
+            user = self._get_user_with_membership(validated_token, self._tenant_slug)
         if int(validated_token.get(EPOCH_CLAIM, 0)) != user.credentials_epoch:
             raise AuthenticationFailed("Token was revoked (logged out everywhere).", code="token_revoked")
+        return user
+
+    def _get_user_with_membership(self, validated_token: Any, slug: str) -> Any:
+        """JWTAuthentication.get_user (same checks, same errors) with the user read by the combined query."""
+        from tenants.selectors import user_and_membership_unsafe  # tenants imports accounts.models
+
+        try:
+            user_id = validated_token[api_settings.USER_ID_CLAIM]
+        except KeyError as e:
+            raise InvalidToken(_("Token contained no recognizable user identification")) from e
+        try:
+            pk = int(user_id)
+        except (TypeError, ValueError):
+            pk = None
+        if pk is None or api_settings.USER_ID_FIELD not in ("id", "pk"):
+            return super().get_user(validated_token)  # not a lookup the query makes: simplejwt's own path decides
+        user, membership = user_and_membership_unsafe(user_id=pk, tenant_slug=slug)
+        if user is None:
+            raise AuthenticationFailed(_("User not found"), code="user_not_found")
+        if api_settings.CHECK_USER_IS_ACTIVE and not user.is_active:
+            raise AuthenticationFailed(_("User is inactive"), code="user_inactive")
+        if api_settings.CHECK_REVOKE_TOKEN and validated_token.get(
+            api_settings.REVOKE_TOKEN_CLAIM
+        ) != get_md5_hash_password(user.password):
+            raise AuthenticationFailed(_("The user's password has been changed."), code="password_changed")
+        setattr(self._request, PREFETCHED_MEMBERSHIP, (slug, user, membership))
         return user
 
 

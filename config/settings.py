@@ -111,9 +111,12 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
-    "tenants.middleware.AdminScopesDisabledMiddleware",
     "csp.middleware.CSPMiddleware",
-    "axes.middleware.AxesMiddleware",  # last: turns a flagged lockout into the 429 response
+    "axes.middleware.AxesMiddleware",  # inside CSP: turns a flagged lockout into the 429 response
+    # Innermost, and sync-only: under ASGI Django then runs the whole stack in one thread. Below a sync-only
+    # middleware the async-capable ones above ran on the event loop, and CSP's process_request/process_response
+    # each cost a hop to the request thread and back (MiddlewareMixin.__acall__) on every request.
+    "tenants.middleware.AdminScopesDisabledMiddleware",
 ]
 
 ROOT_URLCONF = "config.urls"
@@ -225,6 +228,7 @@ if REDIS_URL:
         }
     }
     CELERY_BROKER_URL = REDIS_URL
+    CELERY_BROKER_TRANSPORT = "config.celery:RedisTransport"  # kombu's, keeping its redis-py client per channel
     CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", default=False)
     # A task whose worker dies is redelivered after this long (acks_late); it must exceed the longest task.
     CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 300}

@@ -22,6 +22,7 @@ from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_field
 from rest_framework import serializers, status
+from rest_framework.exceptions import APIException
 from rest_framework.parsers import JSONParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -328,8 +329,23 @@ class MessageListApi(TenantApiView):
         },
     )
     def post(self, request: Request, tenant_slug: str, pk: int) -> Response:
-        # 404 before any validation; message_send reads the whole row under its lock.
-        conversation = selectors.conversation_ref_get(tenant=self.tenant, pk=pk)
+        try:
+            message, created = self._send(request, pk)
+        except (APIException, DjangoValidationError):
+            # An unknown conversation answers 404 whatever else is wrong with the request. The send itself reads
+            # the conversation only under its lock (404 there), so this query runs on the error paths alone.
+            selectors.conversation_ref_get(tenant=self.tenant, pk=pk)
+            raise
+        if not created:  # a retry with a known client id: answer with the message as it is now
+            message = selectors.message_get(tenant=self.tenant, pk=message.pk)
+            return Response(message_data(message), status=status.HTTP_200_OK)
+        from inbox.services.outbound import message_send_data
+
+        # A new message is answered as written (the same data its message:new frame carries), without reading it back.
+        return Response(message_send_data(message), status=status.HTTP_201_CREATED)
+
+    def _send(self, request: Request, pk: int) -> tuple[Message, bool]:
+        conversation = selectors.conversation_ref(tenant=self.tenant, pk=pk)
         multipart = (request.content_type or "").startswith("multipart/")
         serializer_class = SendMultipartInputSerializer if multipart else SendJsonInputSerializer
         data = serializer_class(data=request.data)
@@ -352,7 +368,7 @@ class MessageListApi(TenantApiView):
             raise DjangoValidationError({"template": "is required for a template message"})
         from inbox.services.outbound import message_send
 
-        message, created = message_send(
+        return message_send(
             tenant=self.tenant,
             conversation=conversation,
             sender=request.user,
@@ -365,10 +381,6 @@ class MessageListApi(TenantApiView):
             filename=v["filename"] or (media.name if media is not None else ""),
             template=_template_payload(template) if template else None,
         )
-        if not created:  # a retry with a known client id: answer with the message as it is now
-            message = selectors.message_get(tenant=self.tenant, pk=message.pk)
-        # A new message is answered as written (the same data its message:new frame carries), without reading it back.
-        return Response(message_data(message), status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
 
 
 class MessageReactionApi(TenantApiView):

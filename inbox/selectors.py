@@ -188,6 +188,12 @@ def conversation_ref_get(*, tenant: Tenant, pk: Any) -> Conversation:
     return conversation
 
 
+def conversation_ref(*, tenant: Tenant, pk: int) -> Conversation:
+    """A reference to the tenant's conversation `pk`, not read (no query): for writers whose own locked read
+    answers Http404 for a missing or another tenant's id (outbound.message_send)."""
+    return Conversation(pk=pk, tenant_id=tenant.pk)
+
+
 def _int_or_404(pk: Any) -> int:
     try:
         return int(pk)

@@ -149,7 +149,11 @@ class MessageOutputSerializer(serializers.ModelSerializer[Message]):
 
     @extend_schema_field(ReactionOutputSerializer(many=True))
     def get_reactions(self, obj: Message) -> list[dict[str, Any]]:
-        return [{"emoji": r.emoji, "user_id": r.user_id} for r in obj.reactions.all() if r.emoji]  # "" = removed
+        # The prefetched rows when there are (prefetch_related, or a new message's none): obj.reactions.all() would
+        # build a related manager and clone the cached queryset first, to iterate the same rows.
+        prefetched = getattr(obj, "_prefetched_objects_cache", {}).get("reactions")
+        reactions = prefetched if prefetched is not None else obj.reactions.all()
+        return [{"emoji": r.emoji, "user_id": r.user_id} for r in reactions if r.emoji]  # "" = removed
 
 
 class ConversationOutputSerializer(serializers.ModelSerializer[Conversation]):

@@ -18,14 +18,17 @@ from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.core.files.uploadedfile import UploadedFile
-from django.db import IntegrityError, transaction
-from django.db.models import F, Q
+from django.db import IntegrityError, connections, router, transaction
+from django.db.models import F, Q, signals
+from django.http import Http404
 from django.utils import timezone
 
 from accounts.models import User
 from config import metrics
+from inbox import events
 from inbox.models import (
     MEDIA_TYPES,
+    Contact,
     Conversation,
     Direction,
     MediaState,
@@ -36,7 +39,8 @@ from inbox.models import (
     Reaction,
     SendState,
 )
-from inbox.services.core import message_append, message_emit_new, message_status_emit, message_status_set
+from inbox.serializers import conversation_data, message_data
+from inbox.services.core import message_emit_new, message_status_emit, message_status_set
 from inbox.services.inbound import pending_statuses_apply
 from inbox.services.media import media_check
 from inbox.tasking import enqueue_on_commit
@@ -44,6 +48,7 @@ from inbox.whatsapp.client import GraphClient, GraphError, GraphUnknownOutcome, 
 from inbox.whatsapp.sandbox import background_timers, run_later, statuses_schedule, transport_for
 from tenants.models import Tenant, WhatsAppNumber
 from tenants.scoping import scopes_disabled, tenant_scope
+from tenants.selectors import model_from_row, row_columns
 
 logger = logging.getLogger(__name__)
 
@@ -113,14 +118,13 @@ def message_send(
 
     client_id is the idempotency key: a second call with the same one returns the first message (created=False)
     and sends nothing. Refuses free-form messages outside the 24-hour window (error key "window") before calling
-    Meta, and bad input with ValidationError keyed by field.
+    Meta, and bad input with ValidationError keyed by field. `conversation` may be an unread reference
+    (selectors.conversation_ref): the locked read raises Http404 for a missing or another tenant's one.
     """
-    if client_id:
-        # Only the id (the common case is a miss): a retry then reads the message it answers with.
-        existing_pk = Message.objects.filter(tenant=tenant, client_id=client_id).values_list("pk", flat=True).first()
-        if existing_pk is not None:
-            return Message.objects.get(tenant=tenant, pk=existing_pk), False
     if conversation.tenant_id != tenant.pk:
+        existing = _client_id_lookup(tenant, client_id)
+        if existing is not None:
+            return existing, False
         raise ValidationError({"conversation": "not found"})
     errors: dict[str, str] = {}
     if type not in SENDABLE:
@@ -148,10 +152,14 @@ def message_send(
         errors["client_id"] = "1 to 64 characters"
     if reply_to is not None and (reply_to.conversation_id != conversation.pk or not reply_to.wa_message_id):
         errors["reply_to"] = "must be a delivered message of this conversation"
-    if errors:
-        raise ValidationError(errors)
-    if media is not None:
-        media_check(type=type, content_type=media.content_type or "", size=media.size or 0)
+    problem: ValidationError | None = ValidationError(errors) if errors else None
+    if problem is None and media is not None:
+        try:
+            media_check(type=type, content_type=media.content_type or "", size=media.size or 0)
+        except ValidationError as exc:
+            problem = exc
+    if problem is not None and not client_id:
+        raise problem  # nothing to look up: a retry with a known client_id is answered before its input is judged
 
     try:
         return _message_create(
@@ -166,6 +174,7 @@ def message_send(
             media_link=media_link,
             filename=filename,
             template=template,
+            problem=problem,
         )
     except IntegrityError:
         # A concurrent request with the same client id won (its INSERT committed first): answer with its message.
@@ -174,6 +183,59 @@ def message_send(
         if existing is None:
             raise
         return existing, False
+
+
+def _client_id_lookup(tenant: Tenant, client_id: str | None) -> Message | None:
+    if not client_id:
+        return None
+    # Only the id (the common case is a miss): a retry then reads the message it answers with.
+    existing_pk = Message.objects.filter(tenant=tenant, client_id=client_id).values_list("pk", flat=True).first()
+    return None if existing_pk is None else Message.objects.get(tenant=tenant, pk=existing_pk)
+
+
+def _conversation_lock(*, tenant: Tenant, pk: int, client_id: str | None) -> tuple[Conversation, int | None]:
+    """The conversation locked (its row only, of=self: docs/performance.md, the deadlock) with the number, contact
+    and assignee that conversation:updated carries, plus the id of the tenant's message with this client_id if
+    there is one: one statement, where the ORM's compilation of the join cost more CPU than running it.
+
+    Http404 for a missing or another tenant's conversation, as conversation_get answers.
+    """
+    db = router.db_for_write(Conversation)
+    connection = connections[db]
+    qn = connection.ops.quote_name
+    existing = ""
+    params: list[Any] = []
+    if client_id:
+        existing = (
+            f", (SELECT x.{qn('id')} FROM {qn(Message._meta.db_table)} x"
+            f" WHERE x.{qn('tenant_id')} = %s AND x.{qn('client_id')} = %s LIMIT 1)"
+        )
+        params += [tenant.pk, client_id]
+    lock = f" FOR UPDATE OF {qn('c')}" if connection.features.has_select_for_update_of else ""
+    sql = (
+        f"SELECT {row_columns(Conversation, 'c', db)}, {row_columns(WhatsAppNumber, 'n', db)},"
+        f" {row_columns(Contact, 'ct', db)}, {row_columns(User, 'a', db)}{existing}"
+        f" FROM {qn(Conversation._meta.db_table)} c"
+        f" INNER JOIN {qn(WhatsAppNumber._meta.db_table)} n ON n.{qn('id')} = c.{qn('number_id')}"
+        f" INNER JOIN {qn(Contact._meta.db_table)} ct ON ct.{qn('id')} = c.{qn('contact_id')}"
+        f" LEFT JOIN {qn(User._meta.db_table)} a ON a.{qn('id')} = c.{qn('assignee_id')}"
+        f" WHERE c.{qn('tenant_id')} = %s AND c.{qn('id')} = %s{lock}"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [*params, tenant.pk, pk])
+        row = cursor.fetchone()
+    if row is None:
+        raise Http404("No such conversation")
+    conversation, at = model_from_row(Conversation, row, 0, db)
+    number, at = model_from_row(WhatsAppNumber, row, at, db)
+    contact, at = model_from_row(Contact, row, at, db)
+    assignee = None
+    if row[at] is not None:
+        assignee, _ = model_from_row(User, row, at, db)
+    Conversation.number.field.set_cached_value(conversation, number)
+    Conversation.contact.field.set_cached_value(conversation, contact)
+    Conversation.assignee.field.set_cached_value(conversation, assignee)
+    return conversation, (row[-1] if client_id else None)
 
 
 def _message_create(
@@ -189,16 +251,20 @@ def _message_create(
     media_link: str,
     filename: str,
     template: dict[str, Any] | None,
+    problem: ValidationError | None,
 ) -> tuple[Message, bool]:
-    """message_send's write, validated input in hand: one transaction that raises IntegrityError on a client_id race."""
+    """message_send's write: one transaction that raises IntegrityError on a client_id race.
+
+    The locked read answers the 404, then the idempotency check, then `problem` (the input's, found before) is
+    raised: a retry with a known client_id gets its message even if its input would be refused now.
+    """
     with transaction.atomic():
-        # Locks the conversation row only (of=self: see docs/performance.md, the deadlock) and reads with it what
-        # conversation:updated carries, so message_append serialises it without another query.
-        locked = (
-            Conversation.objects.select_for_update(of=("self",))
-            .select_related("number", "contact", "assignee")
-            .get(pk=conversation.pk)
-        )
+        # Reads with the lock what conversation:updated carries, so it is serialised without another query.
+        locked, existing_pk = _conversation_lock(tenant=tenant, pk=conversation.pk, client_id=client_id)
+        if existing_pk is not None:
+            return Message.objects.get(tenant=tenant, pk=existing_pk), False
+        if problem is not None:
+            raise problem
         if type != "template" and not locked.window_open():
             raise ValidationError({"window": WINDOW_MESSAGE})
         payload: dict[str, Any] = {}
@@ -230,11 +296,99 @@ def _message_create(
         elif media_link:
             message.payload["media_link"] = media_link
             message.media_filename = filename[:255]
-        message_append(conversation=locked, message=message)
+        _message_append_outbound(conversation=locked, message=message)
         from inbox.tasks import message_send as message_send_task
 
         enqueue_on_commit(message_send_task, tenant_id=tenant.pk, message_id=message.pk)
     return message, True
+
+
+def _message_append_outbound(*, conversation: Conversation, message: Message) -> None:
+    """core.message_append for an agent's message (never inbound: no window or status change), with the INSERT and
+    the conversation UPDATE written out: the ORM's compilation of the ~35-column INSERT cost more CPU than the
+    statement. Same rows, same message:new + conversation:updated from the objects in hand.
+
+    Precondition: inside transaction.atomic() with the conversation locked (_conversation_lock).
+    """
+    message.tenant_id = conversation.tenant_id
+    message.conversation = conversation
+    message.number_id = conversation.number_id
+    _insert(message)
+    fields = ["updated_at"]
+    if conversation.last_message_at is None or message.wa_timestamp >= conversation.last_message_at:
+        conversation.last_message = message
+        conversation.last_message_at = message.wa_timestamp
+        fields += ["last_message", "last_message_at"]
+    _update(conversation, fields)
+    # A new message has no reactions yet: an empty result, cached as prefetch_related caches one (the base manager:
+    # the scoped default one would add, and compile, the tenant filter to a queryset that never runs).
+    no_reactions = Reaction._base_manager.none()
+    no_reactions._result_cache = []
+    no_reactions._prefetch_done = True
+    message._prefetched_objects_cache = {"reactions": no_reactions}  # type: ignore[attr-defined]
+    data = message_data(message)
+    events.emit_many(
+        conversation.tenant_id,
+        [
+            (events.MESSAGE_NEW, data, conversation.pk),
+            (events.CONVERSATION_UPDATED, conversation_data(conversation), conversation.pk),
+        ],
+    )
+    message._message_new_data = data  # type: ignore[attr-defined]  # see message_send_data
+
+
+def message_send_data(message: Message) -> dict[str, Any]:
+    """A message message_send created, as the REST API returns it: the data its message:new carries (serialised
+    once, from the same instance, which nothing changes in between), else serialised now."""
+    data: dict[str, Any] | None = getattr(message, "_message_new_data", None)
+    return data if data is not None else message_data(message)
+
+
+def _insert(instance: Message) -> None:
+    """instance.save(force_insert=True): values prepared by the model's own fields (pre_save, get_db_prep_save),
+    the new id read back. Model signals are sent by save() only: with a receiver for them, save() it is."""
+    model = type(instance)
+    if signals.pre_save.has_listeners(model) or signals.post_save.has_listeners(model):
+        instance.save(force_insert=True)
+        return
+    meta = instance._meta
+    db = router.db_for_write(model)
+    connection = connections[db]
+    qn = connection.ops.quote_name
+    fields = [f for f in meta.local_concrete_fields if f is not meta.auto_field]
+    params = [f.get_db_prep_save(f.pre_save(instance, True), connection) for f in fields]
+    sql = (
+        f"INSERT INTO {qn(meta.db_table)} ({', '.join(qn(f.column) for f in fields)})"
+        f" VALUES ({', '.join(['%s'] * len(fields))})"
+    )
+    returning = connection.features.can_return_columns_from_insert
+    if returning:
+        sql += f" RETURNING {qn(meta.pk.column)}"
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        instance.pk = cursor.fetchone()[0] if returning else cursor.lastrowid
+    instance._state.adding = False
+    instance._state.db = db
+
+
+def _update(instance: Conversation, names: list[str]) -> None:
+    """instance.save(update_fields=names) for a row known to exist (it is locked), written out like _insert."""
+    model = type(instance)
+    if signals.pre_save.has_listeners(model) or signals.post_save.has_listeners(model):
+        instance.save(update_fields=names)
+        return
+    meta = instance._meta
+    db = router.db_for_write(model)
+    connection = connections[db]
+    qn = connection.ops.quote_name
+    fields = [meta.get_field(name) for name in names]
+    params = [f.get_db_prep_save(f.pre_save(instance, False), connection) for f in fields]
+    sql = (
+        f"UPDATE {qn(meta.db_table)} SET {', '.join(f'{qn(f.column)} = %s' for f in fields)}"
+        f" WHERE {qn(meta.pk.column)} = %s"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [*params, instance.pk])
 
 
 @transaction.atomic
