@@ -21,6 +21,7 @@ import time
 import uuid
 import weakref
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Final
 from urllib.parse import parse_qs, urlparse
 
@@ -35,7 +36,6 @@ from channels.security.websocket import OriginValidator
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.serializers.json import DjangoJSONEncoder
-from django.db.models import Subquery
 from django.http.cookie import parse_cookie
 
 from accounts.models import User
@@ -233,17 +233,18 @@ def _head(tenant_id: int) -> int:
     return int(last or 0)
 
 
+# Parameters: tenant id (the oldest event's), tenant id. Raw, like the handshake's: every reconnect runs it.
+_SYNC_GAP_SQL: Final = (
+    f"SELECT s.last_seq,"
+    f" (SELECT e.seq FROM {TenantEvent._meta.db_table} e WHERE e.tenant_id = %s ORDER BY e.seq LIMIT 1)"
+    f" FROM {EventSequence._meta.db_table} s WHERE s.tenant_id = %s"
+)
+
+
 def _sync_gap(tenant_id: int, since: int) -> tuple[bool, int]:
-    """(whether events after `since` are no longer all retained, the head), in one query."""
-    with tenant_scope(tenant_id):
-        oldest = TenantEvent.objects.filter(tenant_id=tenant_id).order_by("seq").values("seq")[:1]
-        row = (
-            EventSequence.objects.filter(tenant_id=tenant_id)
-            .annotate(oldest=Subquery(oldest))
-            .values_list("last_seq", "oldest")
-            .first()
-        )
-    head, first = (int(row[0] or 0), row[1]) if row else (0, None)
+    """(whether events after `since` are no longer all retained, the head), in one statement."""
+    rows = rls.fetch_in_tenant(tenant_id, _SYNC_GAP_SQL, [tenant_id, tenant_id])
+    head, first = (int(rows[0][0] or 0), rows[0][1]) if rows else (0, None)
     if since > head:
         return True, head  # a seq the log never reached: the client's state is from another log
     if since == head:
@@ -251,12 +252,29 @@ def _sync_gap(tenant_id: int, since: int) -> tuple[bool, int]:
     return first is None or first > since + 1, head
 
 
+# Parameters: tenant id, after, up to (inclusive), limit.
+_EVENTS_AFTER_SQL: Final = (
+    f"SELECT type, data, seq, created_at FROM {TenantEvent._meta.db_table}"
+    " WHERE tenant_id = %s AND seq > %s AND seq <= %s ORDER BY seq LIMIT %s"
+)
+_MAX_SEQ: Final = 2**63 - 1
+
+
 def _events_after(tenant_id: int, after: int, upto: int | None, limit: int) -> list[events.Frame]:
-    with tenant_scope(tenant_id):
-        rows = TenantEvent.objects.filter(seq__gt=after)
-        if upto is not None:
-            rows = rows.filter(seq__lte=upto)
-        return [events.event_frame(e) for e in rows.order_by("seq")[:limit]]
+    """A page of the log for a replay (every `sync` and gap fill), in one raw statement: the ORM's compilation and
+    model loading were most of a reconnect's database CPU once the handshake itself went raw."""
+    params = [tenant_id, after, _MAX_SEQ if upto is None else upto, limit]
+    return [_log_frame(*row) for row in rls.fetch_in_tenant(tenant_id, _EVENTS_AFTER_SQL, params)]
+
+
+def _log_frame(type_: str, data: Any, seq: int, created_at: datetime) -> events.Frame:
+    """The frame of one raw log row, exactly as `events.event_frame` makes it from the model (the JSON column comes
+    back as text, and SQLite's timestamps without their UTC zone)."""
+    if isinstance(data, str | bytes):
+        data = json.loads(data)
+    if created_at.tzinfo is None:
+        created_at = created_at.replace(tzinfo=UTC)
+    return events.event_frame(TenantEvent(type=type_, data=data, seq=seq, created_at=created_at))
 
 
 def _conversation_exists(tenant_id: int, conversation_id: int) -> bool:
