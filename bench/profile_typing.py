@@ -14,8 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
-from collections import defaultdict, deque
-from typing import Any
 
 from bench import baselines, scenarios
 from bench.harness import OpenLoop, Report, ms, services_up, summary
@@ -36,49 +34,24 @@ async def run(rate: int, seconds: float, conversations: int, spy: bool) -> None:
                 f"echo baseline: p50 {echo['p50']:.2f} / p99 {echo['p99']:.2f} ms, {echo_us:.0f} µs CPU per frame "
                 f"(incl. connects)"
             )
-            convs = sys_.tenant.conversation_ids[:conversations]
-            typist, viewer = sys_.tenant.user_ids[0], sys_.tenant.user_ids[1]
-            senders, _, _ = await sys_.sockets(conversations, users=[typist])
-            receivers, _, _ = await sys_.sockets(conversations, users=[viewer])
-            for s, r, c in zip(senders, receivers, convs, strict=False):
-                await s.send("conversation:join", {"conversation_id": c})
-                await r.send("conversation:join", {"conversation_id": c})
-            await scenarios.quiesce(sys_.daphne)
-            pending: dict[tuple[int, str], deque[float]] = defaultdict(deque)
-            lat: list[float] = []
-
-            def hook(sock: Any, frame: dict[str, Any], now: float) -> None:
-                if frame["type"] in ("typing:start", "typing:stop"):
-                    queue = pending.get((frame["data"]["conversation_id"], frame["type"]))
-                    if queue:
-                        lat.append(now - queue.popleft())
-
-            for r in receivers:
-                r.hook = hook
-
-            async def one(i: int) -> None:
-                k = i % len(senders)
-                type_ = "typing:start" if (i // len(senders)) % 2 == 0 else "typing:stop"
-                pending[(convs[k], type_)].append(time.perf_counter())
-                await senders[k].send(type_, {"conversation_id": convs[k]})
-
+            load = await scenarios.TypingLoad.open(sys_, conversations)
             print(f"typing load from {time.time():.3f}")
             prof = pyspy_start(sys_.daphne.pid, services.log_dir / "prof-typing.txt") if spy else None
             cpu0 = sys_.daphne.cpu_seconds()
-            count = await OpenLoop(rate, seconds, grace=5).run(one)
+            count = await OpenLoop(rate, seconds, grace=5).run(load.one)
             await asyncio.sleep(0.5)
             cpu_us = 1e6 * (sys_.daphne.cpu_seconds() - cpu0) / max(1, count)
             print(f"typing load until {time.time():.3f}")
             if prof is not None:
                 pyspy_stop(prof)
-            stats = summary(lat[len(lat) // 10 :])
+            stats = summary(load.lat[len(load.lat) // 10 :])
             print(
-                f"typing: {count} events, lost {sum(len(q) for q in pending.values())}, p50 {ms(stats['p50']):.2f} "
+                f"typing: {count} events, lost {sum(len(q) for q in load.pending.values())}, p50 {ms(stats['p50']):.2f} "
                 f"/ p99 {ms(stats['p99']):.2f} ms, {cpu_us:.0f} µs Daphne CPU per event"
             )
             if spy:
                 print(summarize(services.log_dir / "prof-typing.txt"))
-            await scenarios.close_many([*senders, *receivers])
+            await scenarios.close_many([*load.senders, *load.receivers])
     finally:
         services.stop_all()
 

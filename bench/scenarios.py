@@ -426,6 +426,46 @@ async def m2(ctx: Ctx, rate: int = 100) -> None:
 # --- M3: typing WS → WS, and its baseline (bare Channels echo, same shape) -------------------------------------------
 
 
+@dataclass
+class TypingLoad:
+    """M3's shape: one typist and one viewer socket per conversation, both joined; `one(i)` sends the i-th event
+    (start and stop alternate per conversation, round robin) and the viewers' hook records its latency."""
+
+    senders: list[Sock]
+    receivers: list[Sock]
+    convs: list[int]
+    failures: tuple[int, int]
+    pending: dict[tuple[int, str], deque[float]] = field(default_factory=lambda: defaultdict(deque))
+    lat: list[float] = field(default_factory=list)
+
+    @classmethod
+    async def open(cls, sys_: System, conversations: int) -> TypingLoad:
+        convs = sys_.tenant.conversation_ids[:conversations]
+        typist, viewer = sys_.tenant.user_ids[0], sys_.tenant.user_ids[1]
+        senders, _, f1 = await sys_.sockets(conversations, users=[typist])
+        receivers, _, f2 = await sys_.sockets(conversations, users=[viewer])
+        for s, r, c in zip(senders, receivers, convs, strict=False):
+            await s.send("conversation:join", {"conversation_id": c})
+            await r.send("conversation:join", {"conversation_id": c})
+        await quiesce(sys_.daphne)
+        load = cls(senders, receivers, convs, (f1, f2))
+        for r in receivers:
+            r.hook = load.hook
+        return load
+
+    def hook(self, sock: Sock, frame: dict[str, Any], now: float) -> None:
+        if frame["type"] in ("typing:start", "typing:stop"):
+            queue = self.pending.get((frame["data"]["conversation_id"], frame["type"]))
+            if queue:
+                self.lat.append(now - queue.popleft())
+
+    async def one(self, i: int) -> None:
+        k = i % len(self.senders)
+        type_ = "typing:start" if (i // len(self.senders)) % 2 == 0 else "typing:stop"
+        self.pending[(self.convs[k], type_)].append(time.perf_counter())
+        await self.senders[k].send(type_, {"conversation_id": self.convs[k]})
+
+
 async def m3(ctx: Ctx, rate: int = 1000, conversations: int = 200) -> None:
     duration = ctx.d(15, 6)
     async with system(ctx) as sys_:
@@ -441,33 +481,11 @@ async def m3(ctx: Ctx, rate: int = 1000, conversations: int = 200) -> None:
             note=f"lost {echo['lost']}",
         )
         ctx.report.baselines["channels_echo_p99_ms"] = base
-        convs = sys_.tenant.conversation_ids[:conversations]
-        typist, viewer = sys_.tenant.user_ids[0], sys_.tenant.user_ids[1]
-        senders, _, f1 = await sys_.sockets(conversations, users=[typist])
-        receivers, _, f2 = await sys_.sockets(conversations, users=[viewer])
-        for s, r, c in zip(senders, receivers, convs, strict=False):
-            await s.send("conversation:join", {"conversation_id": c})
-            await r.send("conversation:join", {"conversation_id": c})
-        await quiesce(sys_.daphne)
-        pending: dict[tuple[int, str], deque[float]] = defaultdict(deque)
-        lat: list[float] = []
-
-        def hook(sock: Sock, frame: dict[str, Any], now: float) -> None:
-            if frame["type"] in ("typing:start", "typing:stop"):
-                queue = pending.get((frame["data"]["conversation_id"], frame["type"]))
-                if queue:
-                    lat.append(now - queue.popleft())
-
-        for r in receivers:
-            r.hook = hook
+        load = await TypingLoad.open(sys_, conversations)
+        senders, receivers, pending, lat, one = load.senders, load.receivers, load.pending, load.lat, load.one
+        f1, f2 = load.failures
         errors_before = sum(s.types["error"] for s in senders)
         cpu0 = sys_.daphne.cpu_seconds()
-
-        async def one(i: int) -> None:
-            k = i % len(senders)
-            type_ = "typing:start" if (i // len(senders)) % 2 == 0 else "typing:stop"
-            pending[(convs[k], type_)].append(time.perf_counter())
-            await senders[k].send(type_, {"conversation_id": convs[k]})
 
         await OpenLoop(rate, duration, grace=5).run(one)
         await asyncio.sleep(1.0)

@@ -344,17 +344,25 @@ def message_send_data(message: Message) -> dict[str, Any]:
     return data if data is not None else message_data(message)
 
 
-def _insert(instance: Message) -> None:
-    """instance.save(force_insert=True): values prepared by the model's own fields (pre_save, get_db_prep_save),
-    the new id read back. Model signals are sent by save() only: with a receiver for them, save() it is."""
+def _written_out(instance: Message | Conversation) -> tuple[Any, str, Any, Any] | None:
+    """(meta, database alias, connection, quote_name) for writing the instance's row by hand, or None when a model
+    signal has a receiver: signals are sent by save() only, so then save() it is."""
     model = type(instance)
     if signals.pre_save.has_listeners(model) or signals.post_save.has_listeners(model):
-        instance.save(force_insert=True)
-        return
-    meta = instance._meta
+        return None
     db = router.db_for_write(model)
     connection = connections[db]
-    qn = connection.ops.quote_name
+    return instance._meta, db, connection, connection.ops.quote_name
+
+
+def _insert(instance: Message) -> None:
+    """instance.save(force_insert=True): values prepared by the model's own fields (pre_save, get_db_prep_save),
+    the new id read back."""
+    target = _written_out(instance)
+    if target is None:
+        instance.save(force_insert=True)
+        return
+    meta, db, connection, qn = target
     fields = [f for f in meta.local_concrete_fields if f is not meta.auto_field]
     params = [f.get_db_prep_save(f.pre_save(instance, True), connection) for f in fields]
     sql = (
@@ -373,14 +381,11 @@ def _insert(instance: Message) -> None:
 
 def _update(instance: Conversation, names: list[str]) -> None:
     """instance.save(update_fields=names) for a row known to exist (it is locked), written out like _insert."""
-    model = type(instance)
-    if signals.pre_save.has_listeners(model) or signals.post_save.has_listeners(model):
+    target = _written_out(instance)
+    if target is None:
         instance.save(update_fields=names)
         return
-    meta = instance._meta
-    db = router.db_for_write(model)
-    connection = connections[db]
-    qn = connection.ops.quote_name
+    meta, _, connection, qn = target
     fields = [meta.get_field(name) for name in names]
     params = [f.get_db_prep_save(f.pre_save(instance, False), connection) for f in fields]
     sql = (
