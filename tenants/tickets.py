@@ -8,6 +8,7 @@ works once, and only its SHA-256 is stored.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import secrets
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from accounts.models import User
 from config.db import rls
 from tenants.models import Membership, SocketTicket, Tenant
 from tenants.scoping import scopes_disabled, tenant_scope
+from tenants.selectors import model_from_row, row_columns
 
 TICKET_TTL: Final = timedelta(seconds=60)
 MAX_TOKEN_CHARS: Final = 200  # issued tokens are 43 characters; anything much longer is not one of ours
@@ -52,32 +54,31 @@ _SPEND_SQL: Final = (
 )
 _TENANT_OF_SLUG: Final = f"SELECT id FROM {Tenant._meta.db_table} WHERE slug = %s"
 
-# What a socket needs of the membership a ticket grants: the membership, its tenant, its user (with what the
-# credential stamp is made of and what User.name reads). The columns come in each model's field order (from_db).
-_MEMBERSHIP_COLUMNS: Final = ("id", "tenant_id", "user_id", "role", "is_active")
-_TENANT_COLUMNS: Final = ("id", "name", "slug")
-_USER_COLUMNS: Final = (
-    "id", "password", "username", "first_name", "last_name", "is_active", "display_name", "credentials_epoch"
-)  # fmt: skip
-_GRANT_SELECT: Final = ", ".join(
-    [f"m.{c}" for c in _MEMBERSHIP_COLUMNS] + [f"t.{c}" for c in _TENANT_COLUMNS] + [f"u.{c}" for c in _USER_COLUMNS]
-)
 _GRANT_JOIN: Final = (
     f" JOIN {Tenant._meta.db_table} t ON t.id = m.tenant_id"
     f" JOIN {User._meta.db_table} u ON u.id = m.user_id AND u.is_active"
 )
-# PostgreSQL: spend and read in one statement. The membership is read in the slug's tenant scope (row-level
-# security applies to both tables; rls.fetch_in_tenant sends the scope in the same round trip).
-_SPEND_AND_GRANT_SQL: Final = (
-    f"WITH spent AS ({_SPEND_SQL}) SELECT spent.user_id, spent.tenant_id, {_GRANT_SELECT} FROM spent"
-    f" LEFT JOIN ({Membership._meta.db_table} m{_GRANT_JOIN})"
-    " ON m.tenant_id = spent.tenant_id AND m.user_id = spent.user_id AND m.is_active"
-)
-# Elsewhere (SQLite has no UPDATE in WITH): the same read after the spend. Parameters: tenant id, user id.
-_GRANT_SQL: Final = (
-    f"SELECT {_GRANT_SELECT} FROM {Membership._meta.db_table} m{_GRANT_JOIN}"
-    " WHERE m.tenant_id = %s AND m.user_id = %s AND m.is_active"
-)
+
+
+@functools.cache
+def _grant_sql() -> tuple[str, str]:
+    """(PostgreSQL: spend and read in one statement, elsewhere: the read after the spend) of the membership a
+    ticket grants, with its tenant and user, columns as tenants.selectors.row_columns lists them. On PostgreSQL
+    the membership is read in the slug's tenant scope (row-level security applies to both tables;
+    rls.fetch_in_tenant sends the scope in the same round trip); SQLite has no UPDATE in WITH. Parameters of the
+    second: tenant id, user id."""
+    db = connection.alias
+    select = ", ".join([row_columns(Membership, "m", db), row_columns(Tenant, "t", db), row_columns(User, "u", db)])
+    spend_and_grant = (
+        f"WITH spent AS ({_SPEND_SQL}) SELECT spent.user_id, spent.tenant_id, {select} FROM spent"
+        f" LEFT JOIN ({Membership._meta.db_table} m{_GRANT_JOIN})"
+        " ON m.tenant_id = spent.tenant_id AND m.user_id = spent.user_id AND m.is_active"
+    )
+    grant = (
+        f"SELECT {select} FROM {Membership._meta.db_table} m{_GRANT_JOIN}"
+        " WHERE m.tenant_id = %s AND m.user_id = %s AND m.is_active"
+    )
+    return spend_and_grant, grant
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,12 +114,10 @@ def ticket_spend(*, token: str, tenant_slug: str) -> tuple[int, int] | None:
 
 
 def _membership_from_row(row: tuple[Any, ...]) -> Membership:
-    """The models as select_related("tenant", "user") would build them, with only the columns read."""
-    membership_end = len(_MEMBERSHIP_COLUMNS)
-    tenant_end = membership_end + len(_TENANT_COLUMNS)
-    membership = Membership.from_db(connection.alias, _MEMBERSHIP_COLUMNS, row[:membership_end])
-    tenant = Tenant.from_db(connection.alias, _TENANT_COLUMNS, row[membership_end:tenant_end])
-    user = User.from_db(connection.alias, _USER_COLUMNS, row[tenant_end:])
+    """The models as select_related("tenant", "user") builds them (tenants.selectors.model_from_row)."""
+    membership, at = model_from_row(Membership, row, 0, connection.alias)
+    tenant, at = model_from_row(Tenant, row, at, connection.alias)
+    user, _ = model_from_row(User, row, at, connection.alias)
     Membership.tenant.field.set_cached_value(membership, tenant)
     Membership.user.field.set_cached_value(membership, user)
     return membership
@@ -135,7 +134,7 @@ def ticket_admit(*, token: str, tenant_slug: str) -> Admission | None:
         return None
     params = _spend_params(token, tenant_slug)
     if connection.vendor == "postgresql":
-        rows = rls.fetch_in_tenant(rls.TenantOf(_TENANT_OF_SLUG, (tenant_slug,)), _SPEND_AND_GRANT_SQL, params)
+        rows = rls.fetch_in_tenant(rls.TenantOf(_TENANT_OF_SLUG, (tenant_slug,)), _grant_sql()[0], params)
         if not rows:
             return None
         user_id, tenant_id, *grant = rows[0]
@@ -145,7 +144,7 @@ def ticket_admit(*, token: str, tenant_slug: str) -> Admission | None:
     if spent is None:
         return None
     user_id, tenant_id = spent
-    rows = rls.fetch_in_tenant(tenant_id, _GRANT_SQL, [tenant_id, user_id])
+    rows = rls.fetch_in_tenant(tenant_id, _grant_sql()[1], [tenant_id, user_id])
     return Admission(user_id, tenant_id, _membership_from_row(rows[0]) if rows else None)
 
 

@@ -19,13 +19,12 @@ from typing import Any
 from django.core.exceptions import ValidationError
 from django.core.files.uploadedfile import UploadedFile
 from django.db import IntegrityError, connections, router, transaction
-from django.db.models import F, Q, signals
+from django.db.models import F, Q
 from django.http import Http404
 from django.utils import timezone
 
 from accounts.models import User
 from config import metrics
-from inbox import events
 from inbox.models import (
     MEDIA_TYPES,
     Contact,
@@ -39,8 +38,8 @@ from inbox.models import (
     Reaction,
     SendState,
 )
-from inbox.serializers import conversation_data, message_data
-from inbox.services.core import message_emit_new, message_status_emit, message_status_set
+from inbox.serializers import message_data
+from inbox.services.core import message_append, message_emit_new, message_status_emit, message_status_set
 from inbox.services.inbound import pending_statuses_apply
 from inbox.services.media import media_check
 from inbox.tasking import enqueue_on_commit
@@ -296,104 +295,18 @@ def _message_create(
         elif media_link:
             message.payload["media_link"] = media_link
             message.media_filename = filename[:255]
-        _message_append_outbound(conversation=locked, message=message)
+        message_append(conversation=locked, message=message)
         from inbox.tasks import message_send as message_send_task
 
         enqueue_on_commit(message_send_task, tenant_id=tenant.pk, message_id=message.pk)
     return message, True
 
 
-def _message_append_outbound(*, conversation: Conversation, message: Message) -> None:
-    """core.message_append for an agent's message (never inbound: no window or status change), with the INSERT and
-    the conversation UPDATE written out: the ORM's compilation of the ~35-column INSERT cost more CPU than the
-    statement. Same rows, same message:new + conversation:updated from the objects in hand.
-
-    Precondition: inside transaction.atomic() with the conversation locked (_conversation_lock).
-    """
-    message.tenant_id = conversation.tenant_id
-    message.conversation = conversation
-    message.number_id = conversation.number_id
-    _insert(message)
-    fields = ["updated_at"]
-    if conversation.last_message_at is None or message.wa_timestamp >= conversation.last_message_at:
-        conversation.last_message = message
-        conversation.last_message_at = message.wa_timestamp
-        fields += ["last_message", "last_message_at"]
-    _update(conversation, fields)
-    # A new message has no reactions yet: an empty result, cached as prefetch_related caches one (the base manager:
-    # the scoped default one would add, and compile, the tenant filter to a queryset that never runs).
-    no_reactions = Reaction._base_manager.none()
-    no_reactions._result_cache = []
-    no_reactions._prefetch_done = True
-    message._prefetched_objects_cache = {"reactions": no_reactions}  # type: ignore[attr-defined]
-    data = message_data(message)
-    events.emit_many(
-        conversation.tenant_id,
-        [
-            (events.MESSAGE_NEW, data, conversation.pk),
-            (events.CONVERSATION_UPDATED, conversation_data(conversation), conversation.pk),
-        ],
-    )
-    message._message_new_data = data  # type: ignore[attr-defined]  # see message_send_data
-
-
 def message_send_data(message: Message) -> dict[str, Any]:
     """A message message_send created, as the REST API returns it: the data its message:new carries (serialised
-    once, from the same instance, which nothing changes in between), else serialised now."""
+    once by message_append, from the same instance, which nothing changes in between), else serialised now."""
     data: dict[str, Any] | None = getattr(message, "_message_new_data", None)
     return data if data is not None else message_data(message)
-
-
-def _written_out(instance: Message | Conversation) -> tuple[Any, str, Any, Any] | None:
-    """(meta, database alias, connection, quote_name) for writing the instance's row by hand, or None when a model
-    signal has a receiver: signals are sent by save() only, so then save() it is."""
-    model = type(instance)
-    if signals.pre_save.has_listeners(model) or signals.post_save.has_listeners(model):
-        return None
-    db = router.db_for_write(model)
-    connection = connections[db]
-    return instance._meta, db, connection, connection.ops.quote_name
-
-
-def _insert(instance: Message) -> None:
-    """instance.save(force_insert=True): values prepared by the model's own fields (pre_save, get_db_prep_save),
-    the new id read back."""
-    target = _written_out(instance)
-    if target is None:
-        instance.save(force_insert=True)
-        return
-    meta, db, connection, qn = target
-    fields = [f for f in meta.local_concrete_fields if f is not meta.auto_field]
-    params = [f.get_db_prep_save(f.pre_save(instance, True), connection) for f in fields]
-    sql = (
-        f"INSERT INTO {qn(meta.db_table)} ({', '.join(qn(f.column) for f in fields)})"
-        f" VALUES ({', '.join(['%s'] * len(fields))})"
-    )
-    returning = connection.features.can_return_columns_from_insert
-    if returning:
-        sql += f" RETURNING {qn(meta.pk.column)}"
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        instance.pk = cursor.fetchone()[0] if returning else cursor.lastrowid
-    instance._state.adding = False
-    instance._state.db = db
-
-
-def _update(instance: Conversation, names: list[str]) -> None:
-    """instance.save(update_fields=names) for a row known to exist (it is locked), written out like _insert."""
-    target = _written_out(instance)
-    if target is None:
-        instance.save(update_fields=names)
-        return
-    meta, _, connection, qn = target
-    fields = [meta.get_field(name) for name in names]
-    params = [f.get_db_prep_save(f.pre_save(instance, False), connection) for f in fields]
-    sql = (
-        f"UPDATE {qn(meta.db_table)} SET {', '.join(f'{qn(f.column)} = %s' for f in fields)}"
-        f" WHERE {qn(meta.pk.column)} = %s"
-    )
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [*params, instance.pk])
 
 
 @transaction.atomic
