@@ -155,22 +155,17 @@ class MemoryStore:
 #   {p}:t:{tenant}:c:{conv}    ZSET "user:conn" -> expiry      (viewers of a conversation)
 #   {p}:tenants                SET tenant                      (what the reaper walks)
 # Keys are named inside the scripts, so this needs a single Redis (not Redis Cluster), like the channel layer.
-_TOUCH = """
+_REFRESH = """
 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3] .. ':' .. ARGV[1])
 redis.call('SADD', KEYS[4], ARGV[4])
 for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ARGV[5]) end
-return redis.call('SADD', KEYS[3], ARGV[3])
 """
+_TOUCH = _REFRESH + "return redis.call('SADD', KEYS[3], ARGV[3])\n"
 # A new socket: _TOUCH, then the users announced online (for `hello`), in one round trip.
-_OPEN = """
-redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
-redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3] .. ':' .. ARGV[1])
-redis.call('SADD', KEYS[4], ARGV[4])
-for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ARGV[5]) end
-local became = redis.call('SADD', KEYS[3], ARGV[3])
-return {became, redis.call('SMEMBERS', KEYS[3])}
-"""
+_OPEN = (
+    _REFRESH + "local became = redis.call('SADD', KEYS[3], ARGV[3])\nreturn {became, redis.call('SMEMBERS', KEYS[3])}\n"
+)
 _SETTLE = """
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
 if redis.call('ZCARD', KEYS[1]) > 0 then return 0 end
@@ -210,17 +205,20 @@ class RedisStore:
     def _t(self, tenant_id: int) -> str:
         return f"{self.prefix}:t:{tenant_id}"
 
-    def touch(self, tenant_id: int, user_id: int, conn_id: str, expires: float) -> bool:
+    def _touch_call(self, tenant_id: int, user_id: int, conn_id: str, expires: float) -> tuple[list[str], list[Any]]:
+        """The keys and arguments of _TOUCH and _OPEN."""
         t = self._t(tenant_id)
         keep = int(ttl() * 10) + 60  # idle keys clean themselves up
         keys = [f"{t}:u:{user_id}", f"{t}:conns", f"{t}:online", f"{self.prefix}:tenants"]
-        return bool(self._touch(keys=keys, args=[conn_id, expires, user_id, tenant_id, keep]))
+        return keys, [conn_id, expires, user_id, tenant_id, keep]
+
+    def touch(self, tenant_id: int, user_id: int, conn_id: str, expires: float) -> bool:
+        keys, args = self._touch_call(tenant_id, user_id, conn_id, expires)
+        return bool(self._touch(keys=keys, args=args))
 
     def open(self, tenant_id: int, user_id: int, conn_id: str, expires: float) -> tuple[bool, set[int]]:
-        t = self._t(tenant_id)
-        keep = int(ttl() * 10) + 60
-        keys = [f"{t}:u:{user_id}", f"{t}:conns", f"{t}:online", f"{self.prefix}:tenants"]
-        became, online = self._open(keys=keys, args=[conn_id, expires, user_id, tenant_id, keep])
+        keys, args = self._touch_call(tenant_id, user_id, conn_id, expires)
+        became, online = self._open(keys=keys, args=args)
         return bool(became), {int(u) for u in online}
 
     def touch_many(self, sockets: list[SocketBeat], expires: float) -> list[tuple[int, int]]:
