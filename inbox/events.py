@@ -112,18 +112,53 @@ EventItem = tuple[str, Mapping[str, Any], int | None]  # (wire type, data, conve
 _COLUMNS: Final = ("tenant_id", "seq", "type", "data", "conversation_id", "created_at")
 
 
+def _event_params(logged: list[TenantEvent], columns: tuple[str, ...]) -> list[Any]:
+    """The events' values for `columns`, prepared by the model's own fields (what bulk_create would send)."""
+    fields = [TenantEvent._meta.get_field("tenant" if name == "tenant_id" else name) for name in columns]
+    return [
+        field.get_db_prep_save(getattr(event, name), connection)
+        for event in logged
+        for name, field in zip(columns, fields, strict=True)
+    ]
+
+
 def _insert(logged: list[TenantEvent]) -> None:
     """One INSERT for the events of a change. What bulk_create would send, without its per-call ORM compilation
-    (it was ~7 % of an agent send's CPU); values are prepared by the model's own fields."""
-    fields = [TenantEvent._meta.get_field("tenant" if name == "tenant_id" else name) for name in _COLUMNS]
-    params: list[Any] = []
-    for event in logged:
-        for name, field in zip(_COLUMNS, fields, strict=True):
-            params.append(field.get_db_prep_save(getattr(event, name), connection))
+    (it was ~7 % of an agent send's CPU)."""
     row = "(" + ", ".join(["%s"] * len(_COLUMNS)) + ")"
     sql = f"INSERT INTO {TenantEvent._meta.db_table} ({', '.join(_COLUMNS)}) VALUES {', '.join([row] * len(logged))}"
     with connection.cursor() as cursor:
+        cursor.execute(sql, _event_params(logged, _COLUMNS))
+
+
+# The columns _counted_insert takes from its VALUES list (tenant and seq come from the counter's row), with the casts
+# a VALUES list needs on PostgreSQL: a column of NULLs would otherwise be typed text.
+_VALUE_COLUMNS: Final = ("type", "data", "conversation_id", "created_at")
+_VALUE_CASTS: Final = ("varchar", "jsonb", "bigint", "timestamptz")
+
+
+def _counted_insert(tenant_id: int, logged: list[TenantEvent]) -> int | None:
+    """PostgreSQL: the counter's UPDATE and the events' INSERT as one statement (one round trip less per change, on
+    the thread every send of a process queues on); the i-th event gets seq last - n + i from the UPDATE's row, in
+    the same transaction and under the same row lock as _next_seq + _insert. Returns the last seq allocated, or
+    None (nothing written) when the tenant has no counter row yet: the caller then takes the two-statement path,
+    which creates it."""
+    seqs = EventSequence._meta.db_table
+    values = ", ".join(
+        "(" + ", ".join([f"{i}"] + [f"%s::{cast}" for cast in _VALUE_CASTS]) + ")" for i in range(1, len(logged) + 1)
+    )
+    sql = (
+        f"WITH s AS (UPDATE {seqs} SET last_seq = last_seq + %s WHERE tenant_id = %s RETURNING tenant_id, last_seq)"
+        f" INSERT INTO {TenantEvent._meta.db_table} ({', '.join(_COLUMNS)})"
+        f" SELECT s.tenant_id, s.last_seq - %s + v.n, v.type, v.data, v.conversation_id, v.created_at"
+        f" FROM s, (VALUES {values}) AS v (n, {', '.join(_VALUE_COLUMNS)})"
+        f" RETURNING seq"
+    )
+    params = [len(logged), tenant_id, len(logged), *_event_params(logged, _VALUE_COLUMNS)]
+    with connection.cursor() as cursor:
         cursor.execute(sql, params)
+        rows = cursor.fetchall()
+    return max(row[0] for row in rows) if rows else None
 
 
 def emit(tenant_id: int, type_: str, data: Mapping[str, Any], *, conversation_id: int | None = None) -> TenantEvent:
@@ -142,13 +177,18 @@ def emit_many(tenant_id: int, items: list[EventItem]) -> list[TenantEvent]:
             raise ValueError(f"{type_!r} is not a durable event type")
     if not transaction.get_connection().in_atomic_block:
         raise RuntimeError("events.emit() must run inside the transaction of the change it reports")
-    last = _next_seq(tenant_id, len(items))
-    first = last - len(items) + 1
     logged = [
-        TenantEvent(tenant_id=tenant_id, seq=first + i, type=type_, data=dict(data), conversation_id=conversation_id)
-        for i, (type_, data, conversation_id) in enumerate(items)
+        TenantEvent(tenant_id=tenant_id, type=type_, data=dict(data), conversation_id=conversation_id)
+        for type_, data, conversation_id in items
     ]
-    _insert(logged)
+    last = _counted_insert(tenant_id, logged) if connection.vendor == "postgresql" else None
+    written = last is not None
+    if last is None:
+        last = _next_seq(tenant_id, len(logged))
+    for i, event in enumerate(logged):
+        event.seq = last - len(logged) + 1 + i
+    if not written:
+        _insert(logged)
     messages: list[LayerEvent] = [{"type": LAYER_EVENT, "frame": event_frame(event)} for event in logged]
     group = tenant_group(tenant_id)
 

@@ -28,5 +28,11 @@ class TenantTask(Task):  # type: ignore[misc]
 
 
 def enqueue_on_commit(task: Callable[..., Any], **kwargs: Any) -> None:
-    """Send a task after the current transaction commits (at once outside a transaction)."""
-    transaction.on_commit(lambda: task.apply_async(kwargs=kwargs), robust=True)  # type: ignore[attr-defined]
+    """Send a task after the current transaction commits (at once outside a transaction).
+
+    The arguments are ids, so their plain repr is what the worker's logs and the events show: given here, it spares
+    Celery's bounded `saferepr` of them (13 % of an enqueue on the send path, bench/profile_send.py)."""
+    transaction.on_commit(
+        lambda: task.apply_async(kwargs=kwargs, argsrepr="()", kwargsrepr=repr(kwargs)),  # type: ignore[attr-defined]
+        robust=True,
+    )

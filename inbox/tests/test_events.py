@@ -42,6 +42,35 @@ def test_seq_counts_per_tenant_from_one(world, django_capture_on_commit_callback
 
 
 @pytest.mark.django_db
+def test_logged_rows_are_what_emit_returned_and_broadcast(world, django_capture_on_commit_callbacks) -> None:  # type: ignore[no-untyped-def]
+    """The tenant's first change creates its counter (two statements); later ones bump it and insert the events in
+    one statement on PostgreSQL. Either way the rows hold the seqs, types, data (nested JSON, no conversation)
+    and times that emit_many returned and that the frames carry."""
+    items: list[events.EventItem] = [
+        (
+            events.MESSAGE_NEW,
+            {"id": 7, "text": 'ü "quoted" %s', "nested": {"a": [1, None]}},
+            world.acme_conversation.pk,
+        ),
+        (events.CONVERSATION_UPDATED, {"id": world.acme_conversation.pk}, None),
+        (events.MESSAGE_READ, {"user_id": 1}, world.acme_conversation.pk),
+    ]
+    returned: list[TenantEvent] = []
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        for _ in range(3):
+            with transaction.atomic():
+                returned += events.emit_many(world.acme.pk, items)
+    assert [e.seq for e in returned] == list(range(1, 10))
+    with tenant_scope(world.acme.pk):
+        stored = list(TenantEvent.objects.order_by("seq"))
+    assert [(e.seq, e.type, e.data, e.conversation_id, e.created_at) for e in stored] == [
+        (e.seq, e.type, e.data, e.conversation_id, e.created_at) for e in returned
+    ]
+    assert [e.tenant_id for e in stored] == [world.acme.pk] * 9
+    assert len(callbacks) == 3
+
+
+@pytest.mark.django_db
 def test_a_rolled_back_change_is_neither_logged_nor_broadcast(world, django_capture_on_commit_callbacks) -> None:  # type: ignore[no-untyped-def]
     with django_capture_on_commit_callbacks() as callbacks:
         try:
