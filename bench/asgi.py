@@ -10,7 +10,7 @@ import asyncio
 import os
 from typing import Any
 
-from django.core.asgi import get_asgi_application
+from config.http import get_asgi_application  # the project's HTTP handler (config/http.py)
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bench.settings")
 django_asgi_app = get_asgi_application()
@@ -48,15 +48,18 @@ _lag_monitor: list[Any] = []
 
 
 async def _log_loop_stalls() -> None:
-    """Diagnostic (BENCH_LOOP_LAG): every time the event loop was held for more than 20 ms, on stderr."""
+    """Diagnostic (BENCH_LOOP_LAG): every time the event loop was held for more than BENCH_LOOP_LAG_MS (20) ms, on
+    stderr. The probe sleeps a fifth of the threshold (at most 5 ms), so a stall is seen to within that."""
     import sys
     import time
 
+    threshold = float(os.environ.get("BENCH_LOOP_LAG_MS", "20")) / 1000
+    step = min(0.005, threshold / 5)
     while True:
         started = time.perf_counter()
-        await asyncio.sleep(0.005)
-        lag = time.perf_counter() - started - 0.005
-        if lag > 0.02:
+        await asyncio.sleep(step)
+        lag = time.perf_counter() - started - step
+        if lag > threshold:
             print(f"loop: stalled {1000 * lag:.0f} ms at {time.time():.3f}", file=sys.stderr, flush=True)
 
 
@@ -76,24 +79,87 @@ from config.gctune import tune_after_startup  # noqa: E402
 tune_after_startup()  # as config/asgi.py does
 
 if os.environ.get("BENCH_GC_LOG"):
-    # Diagnostic: every collection that holds the event loop for more than 2 ms, on stderr (the server's log file).
-    # This is how the 70-165 ms full collections behind the scenarios' p99 were found (config/gctune.py).
+    # Diagnostic: every collection that holds the event loop for more than BENCH_GC_LOG_MS (2) ms, on stderr (the
+    # server's log file), with what it found and the generations' counts when it started. This is how the 70-165 ms
+    # full collections behind the scenarios' p99 were found (config/gctune.py).
     import gc
     import sys
     import time
 
+    _gc_threshold_ms = float(os.environ.get("BENCH_GC_LOG_MS", "2"))
     _gc_started = [0.0]
+    _gc_counts: list[tuple[int, int, int]] = [(0, 0, 0)]
 
     def _log_slow_collections(phase: str, info: dict[str, Any]) -> None:
         if phase == "start":
+            _gc_counts[0] = gc.get_count()
             _gc_started[0] = time.perf_counter()
             return
         took = 1000 * (time.perf_counter() - _gc_started[0])
-        if took > 2:
+        if took > _gc_threshold_ms:
             print(
-                f"gc: generation {info['generation']} took {took:.1f} ms at {time.time():.3f}",
+                f"gc: generation {info['generation']} took {took:.1f} ms at {time.time():.3f}"
+                f" (collected {info['collected']}, counts {_gc_counts[0]})",
                 file=sys.stderr,
                 flush=True,
             )
 
     gc.callbacks.append(_log_slow_collections)
+
+    # Modules first imported after the start-up heap was frozen: what they build lives for good but is walked by
+    # the collector (young, then older generations), unlike the frozen start-up heap.
+    _startup_modules = set(sys.modules)
+
+    def _log_late_imports(phase: str, info: dict[str, Any]) -> None:
+        if phase == "stop" and len(sys.modules) > len(_startup_modules):
+            late = sorted(set(sys.modules) - _startup_modules)
+            _startup_modules.update(late)
+            print(f"gc: {len(late)} modules imported since: {' '.join(late[:40])}", file=sys.stderr, flush=True)
+
+    gc.callbacks.append(_log_late_imports)
+
+if os.environ.get("BENCH_PERIODIC_LOG"):
+    # Diagnostic: when the per-process periodic work (presence heartbeat, membership re-check + catch-up) runs and
+    # how long it takes end to end, on stderr, to line up with the slow samples of a scenario.
+    import functools
+    import sys
+    import time
+
+    from inbox.consumers import Sweeper
+
+    def _timed(name: str, method: Any) -> Any:
+        @functools.wraps(method)
+        async def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+            began, cpu = time.time(), time.process_time()
+            try:
+                return await method(self, *args, **kwargs)
+            finally:
+                print(
+                    f"periodic: {name} {len(self.sockets)} sockets from {began:.3f} for "
+                    f"{1000 * (time.time() - began):.1f} ms ({1000 * (time.process_time() - cpu):.1f} ms CPU)",
+                    file=sys.stderr,
+                    flush=True,
+                )
+
+        return wrapper
+
+    from inbox import presence
+
+    _heartbeat_many = presence.heartbeat_many
+
+    def _heartbeat_many_timed(sockets: Any) -> Any:
+        """The store part of a heartbeat, in its worker thread: that thread's CPU is what it takes from the loop."""
+        cpu = time.thread_time()
+        try:
+            return _heartbeat_many(sockets)
+        finally:
+            print(
+                f"periodic: heartbeat store call {len(sockets)} sockets "
+                f"{1000 * (time.thread_time() - cpu):.2f} ms thread CPU at {time.time():.3f}",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    presence.heartbeat_many = _heartbeat_many_timed
+    Sweeper.heartbeat = _timed("heartbeat", Sweeper.heartbeat)  # type: ignore[method-assign]
+    Sweeper.sweep = _timed("sweep", Sweeper.sweep)  # type: ignore[method-assign]

@@ -6,6 +6,7 @@ import gc
 from collections.abc import Iterator
 
 import pytest
+from django.urls import clear_url_caches, get_resolver
 
 from config import gctune
 
@@ -46,3 +47,19 @@ def test_bad_thresholds_fall_back_with_a_warning(
     with caplog.at_level("WARNING", logger="config.gctune"):
         assert gctune.thresholds() == gctune.DEFAULT_THRESHOLDS
     assert "GC_THRESHOLDS" in caplog.text
+
+
+def test_what_the_first_request_would_build_is_frozen_with_the_startup_heap(
+    monkeypatch: pytest.MonkeyPatch, restore_gc: None
+) -> None:
+    """The URLconf (every view, DRF, the admin: ~20,000 objects) used to be imported by the first request, after the
+    freeze, and walked by every collection from then on."""
+    monkeypatch.delenv("GC_FREEZE", raising=False)
+    gc.unfreeze()
+    clear_url_caches()  # as in a process that has not served a request yet
+    gctune.tune_after_startup()
+    resolver = get_resolver()
+    walked = {id(o) for o in gc.get_objects()}  # every generation but the frozen one
+    assert id(resolver) not in walked
+    assert id(resolver.url_patterns) not in walked
+    assert id(resolver.reverse_dict) not in walked

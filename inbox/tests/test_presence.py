@@ -158,3 +158,61 @@ async def test_a_page_connecting_while_a_colleague_reloads_still_lists_them_onli
     await alice_ws.disconnect()
     assert (await next_of(dave_ws, "user:offline", timeout=10))["data"] == {"user_id": world.alice.pk}
     await close(bob_ws, dave_ws)
+
+
+def _heartbeat_world() -> list[presence.SocketBeat]:
+    """Five sockets of two tenants: user 10 has a lapsed socket (its process missed beats) and a new one; user 11's
+    two sockets are new and fall in different chunks; tenant 2 knows nobody yet."""
+    lapsed = time.time() - 1
+    presence.store().touch(1, 10, "a", lapsed)
+    return [(1, 10, "a", (5,)), (1, 11, "c", (5, 6)), (1, 10, "b", ()), (1, 11, "d", ()), (2, 10, "e", (7,))]
+
+
+async def test_a_process_heartbeat_refreshes_every_socket_and_view_and_announces_each_user_once(
+    settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings.PRESENCE_TTL = 30
+    monkeypatch.setattr(presence, "TOUCH_CHUNK", 2)
+    beats = _heartbeat_world()
+    assert sorted(presence.heartbeat_many(beats)) == [(1, 11), (2, 10)]  # user 10 was announced already
+    assert presence.heartbeat_many(beats) == []  # the next beat announces nothing
+    assert presence.tenant_reap(1) == set()  # the lapsed socket was refreshed with the others
+    assert presence.online_user_ids(1) == {10, 11}
+    assert presence.online_user_ids(2) == {10}
+    assert presence.conversation_viewer_ids(1, 5) == {10, 11}
+    assert presence.conversation_viewer_ids(1, 6) == {11}
+    assert presence.conversation_viewer_ids(2, 7) == {10}
+    assert presence.conversation_viewer_ids(2, 5) == set()  # another tenant's conversation of the same id
+    for conn_id in ("b", "c", "d"):
+        presence.connection_drop(1, 10 if conn_id == "b" else 11, conn_id)
+    assert presence.user_settle(1, 10) is False  # socket "a" lives on: its heartbeat counted
+    assert presence.user_settle(1, 11) is True
+
+
+async def test_a_heartbeat_is_one_store_command_per_chunk_of_sockets(
+    settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A command (or three) per socket cost ~9 ms of GIL-holding CPU per 400 sockets in redis-py's packing, every
+    heartbeat, in the same process as the event loop (docs/performance.md, M3)."""
+    if not isinstance(presence.store(), presence.RedisStore):
+        pytest.skip("the in-memory store sends no commands")
+    import redis
+
+    settings.PRESENCE_TTL = 30
+    monkeypatch.setattr(presence, "TOUCH_CHUNK", 2)
+    beats = _heartbeat_world()
+    sent: list[str] = []
+    direct, piped = redis.Redis.execute_command, redis.client.Pipeline.execute
+
+    def execute_command(self: redis.Redis, *args: Any, **options: Any) -> Any:
+        sent.append(str(args[0]))
+        return direct(self, *args, **options)
+
+    def execute(self: redis.client.Pipeline, raise_on_error: bool = True) -> Any:
+        sent.extend(str(args[0]) for args, _ in self.command_stack)
+        return piped(self, raise_on_error)
+
+    monkeypatch.setattr(redis.Redis, "execute_command", execute_command)
+    monkeypatch.setattr(redis.client.Pipeline, "execute", execute)
+    presence.heartbeat_many(beats)
+    assert sent == ["EVALSHA"] * 3  # tenant 1: four sockets in two chunks; tenant 2: one
