@@ -10,9 +10,10 @@ import asyncio
 import os
 from typing import Any
 
-from config.http import get_asgi_application  # the project's HTTP handler (config/http.py)
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bench.settings")  # before config (its Celery app sets a default)
 
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bench.settings")
+from config.http import get_asgi_application  # noqa: E402  (the project's HTTP handler: config/http.py)
+
 django_asgi_app = get_asgi_application()
 
 from channels.generic.websocket import AsyncWebsocketConsumer  # noqa: E402
