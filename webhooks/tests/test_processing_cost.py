@@ -28,7 +28,9 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 SECRET = "test-app-secret"
 WA_ID = "4915112340001"
-MAX_STATEMENTS = 11  # was 21 before the claim returned the row and the known-thread path took one statement
+# Was 21 before the claim returned the row and the known-thread path took one statement; on PostgreSQL the tenant
+# counter's UPDATE and the events' INSERT are one statement (inbox/events.py).
+MAX_STATEMENTS = 10 if connection.vendor == "postgresql" else 11
 
 
 @pytest.fixture(autouse=True)
@@ -62,7 +64,7 @@ def _events(tenant_id: int) -> list[TenantEvent]:
         return list(TenantEvent.objects.filter(tenant_id=tenant_id).order_by("seq"))
 
 
-def test_a_message_in_a_known_thread_costs_at_most_eleven_statements(world: World) -> None:
+def test_a_message_in_a_known_thread_costs_at_most_max_statements(world: World) -> None:
     first = webhook_process(_store(payloads.body(messages=[_text("wamid.COST1")])))
     assert first is not None and first.state == ProcessingState.PROCESSED
     event_id = _store(payloads.body(messages=[_text("wamid.COST2")]))
