@@ -23,6 +23,7 @@ from bench import baselines
 from bench.harness import (
     HttpPool,
     OpenLoop,
+    Reconnect,
     Report,
     Row,
     Services,
@@ -975,85 +976,169 @@ async def m7_ramp(ctx: Ctx, sys_: System, socks: list[Sock], probe_rx: Sock, tar
 
 
 async def m8(ctx: Ctx, n: int = 1000) -> None:
+    """1,000 sockets of one Daphne close at once and come back to it (then `sync`) while messages keep coming."""
     async with system(ctx) as sys_:
-        socks, _, failures = await sys_.sockets(n, concurrency=100)
-        await quiesce(sys_.daphne)
-        clients_before = redis_info(ctx.services.redis_url)["connected_clients"]
-        stop = asyncio.Event()
+        await storm(ctx, "M8", [sys_], n)
 
-        async def writer() -> None:  # events keep coming during the storm (each reaches every socket)
-            # 2 sends/s = 4 events/s x 1,000 sockets = 4,000 deliveries/s, under what M4 measures one process can
-            # deliver. Runs 1-3 sent 20/s: 40,000 deliveries/s, several times that capacity, which measured
-            # overload rather than the storm (docs/performance.md).
-            i = 0
-            while not stop.is_set():
-                await sys_.post_message(sys_.tenant.conversation_ids[i % 10], f"m8-{i}", "during the storm")
-                i += 1
-                await asyncio.sleep(0.5)
 
-        wtask = asyncio.create_task(writer())
-        await asyncio.sleep(1)
-        users = [sys_.tenant.user_ids[i % len(sys_.tenant.user_ids)] for i in range(n)]
-        t0 = time.perf_counter()
-        await close_many(socks)
-        results = await asyncio.gather(
-            *(
-                reconnect(sys_.port, sys_.tenant.slug, sys_.tenant.id, u, old.last_seq(), started=t0)
-                for old, u in zip(socks, users, strict=True)
-            )
-        )
-        fresh = [(r.sock, old.last_seq()) for r, old in zip(results, socks, strict=True) if r.sock is not None]
-        done_at = [r.synced_at for r in results if r.synced_at is not None]
-        handshakes = [h for r in results for h in r.handshakes]
-        failed = sum(r.sock is None for r in results)
-        reasons: Counter[str] = Counter()
-        for r in results:
-            reasons.update(r.errors)
-        retries = sum(r.attempts for r in results) - len(results)
-        await asyncio.sleep(1)
-        stop.set()
-        await wtask
-        head = await settle(sys_, [s for s, _ in fresh])
-        gaps = dups = behind = 0
-        for old in socks:
-            g0, d0 = old.check()
-            gaps += g0
-            dups += d0
-        for s, since in fresh:
-            g, d = s.check(upto=head, start=since)
-            gaps += g
-            dups += d
-            behind += s.behind(head)
-        ctx.gaps += gaps
-        ctx.dups += dups
-        await asyncio.sleep(1)
-        clients_after = redis_info(ctx.services.redis_url)["connected_clients"]
-        t99 = pct(done_at, 99)
-        ctx.add(
-            "M8",
-            f"{n} sockets closed at once, back with 0.5–1.5 s jitter (then backoff) + sync: 99 % synced after; retries",
-            f"{t99:.1f} s; {retries}",
-            "",
-            target="≤ 3 s",
-            ok=t99 <= 3 and failed == 0,
-        )
-        ctx.add(
-            "M8",
-            "  handshake p50 / p99; failed; Redis clients before → after",
-            f"{ms(pct(handshakes, 50)):.0f} / {ms(pct(handshakes, 99)):.0f} ms; {failed + failures}; "
-            f"{clients_before} → {clients_after}",
-            target="p99 ≤ 100 ms; Redis clients back to baseline",
-            ok=ms(pct(handshakes, 99)) <= 100 and clients_after <= clients_before + 2,
-            note=f"failures: {dict(reasons)}" if reasons else "",
-        )
-        ctx.add(
-            "M8",
-            f"M10 seq gaps / dups / undelivered across close + sync ({len(fresh)} sockets, head {head})",
-            f"{gaps} / {dups} / {behind}",
-            target="0 / 0 / 0",
-            ok=gaps == 0 and dups == 0 and behind == 0,
-        )
-        await close_many([s for s, _ in fresh])
+async def m8x2(ctx: Ctx, n: int = 1000) -> None:
+    """M8 on two Daphne processes (one PostgreSQL, one Redis) behind a round-robin balancer: the sockets start
+    spread over both, every reconnect goes to the next process in turn, sends alternate between them, and every
+    socket on either must end with every event exactly once (docs/performance.md plan step 1)."""
+    async with system(ctx) as sys_, second_daphne(ctx, sys_) as other:
+        await storm(ctx, "M8x2", [sys_, other], n)
+
+
+@asynccontextmanager
+async def second_daphne(ctx: Ctx, sys_: System) -> AsyncIterator[System]:
+    """Another Daphne process of the same system (same database, Redis, tenant and JWT), warmed up like the first."""
+    services = ctx.services
+    daphne = services.daphne("daphne-b", **ctx.server_env)
+    pool = HttpPool(daphne.port or 0, size=8)
+    try:
+        other = System(daphne, None, sys_.tenant, sys_.other, pool, sys_.jwt, daphne.port or 0)
+        await warm_up(other)
+        yield other
+    finally:
+        pool.close()
+        problems = log_problems(daphne)
+        if problems:
+            ctx.notes.append(f"log lines: {problems} (logs in {services.log_dir})")
+            print(f"  !! server log problems: {problems}", flush=True)
+        services.stop(daphne)
+
+
+class RoundRobin:
+    """A load balancer's choice of server: each new connection goes to the next one in turn."""
+
+    def __init__(self, ports: list[int]) -> None:
+        self.ports = ports
+        self.turn = 0
+
+    def __call__(self) -> int:
+        port = self.ports[self.turn % len(self.ports)]
+        self.turn += 1
+        return port
+
+
+async def storm(ctx: Ctx, label: str, systems: list[System], n: int) -> None:
+    """The storm on one or more processes of one system: `n` sockets spread over them (socket i on process i mod k),
+    all closed at once, each back after its own close with 0.5–1.5 s jitter (then backoff) to the server the
+    balancer picks, and `sync` from its last seq, while 2 messages/s are sent (alternating between the processes)."""
+    first = systems[0]
+    tenant = first.tenant
+    procs_ = [s.daphne for s in systems]
+    names = ["A", "B"] if len(systems) == 2 else [str(i) for i in range(len(systems))]
+    socks: list[Sock] = []
+    failures = 0
+    for k, sys_ in enumerate(systems):
+        # A round robin by socket puts every k-th socket on each process; opened per process here, which is the
+        # same split (and every user has sockets on every process).
+        opened, _, failed = await sys_.sockets(len(range(k, n, len(systems))), concurrency=100)
+        socks += opened
+        failures += failed
+    for proc in procs_:
+        await quiesce(proc)
+    stop = asyncio.Event()
+
+    async def writer() -> None:  # events keep coming during the storm (each reaches every socket)
+        # 2 sends/s = 4 events/s x 1,000 sockets = 4,000 deliveries/s, under what M4 measures one process can
+        # deliver. Runs 1-3 sent 20/s: 40,000 deliveries/s, several times that capacity, which measured
+        # overload rather than the storm (docs/performance.md).
+        i = 0
+        while not stop.is_set():
+            sender = systems[i % len(systems)]
+            await sender.post_message(tenant.conversation_ids[i % 10], f"m8-{i}", "during the storm")
+            i += 1
+            await asyncio.sleep(0.5)
+
+    wtask = asyncio.create_task(writer())
+    await asyncio.sleep(1)
+    users = [tenant.user_ids[i % len(tenant.user_ids)] for i in range(len(socks))]
+    # Tickets for the first try, minted before the storm (they live 60 s); retries mint their own.
+    tickets = await amint(tenant.id, users)
+    pick: int | RoundRobin = first.port if len(systems) == 1 else RoundRobin([s.port for s in systems])
+    # The baseline once the writer is sending: a process's first sends open the send path's own Redis clients
+    # (publish, broker, health check), which are not the per-socket leak this row looks for (channels_redis #279).
+    clients_before = redis_info(ctx.services.redis_url)["connected_clients"]
+    since: dict[int, int] = {}
+    cpu0 = [proc.cpu_seconds() for proc in procs_]
+    gen0 = time.process_time()
+    t0 = time.perf_counter()
+
+    async def back(i: int, old: Sock) -> Reconnect:
+        # A client notices its own socket's close and only then waits its jitter: not until every socket closed.
+        await old.close()
+        since[i] = old.last_seq()
+        return await reconnect(pick, tenant.slug, tenant.id, users[i], since[i], started=t0, ticket=tickets[i])
+
+    results = await asyncio.gather(*(back(i, old) for i, old in enumerate(socks)))
+    cpu = [proc.cpu_seconds() - c0 for proc, c0 in zip(procs_, cpu0, strict=True)]
+    wall = time.perf_counter() - t0
+    generator = time.process_time() - gen0  # this process: the 1,000 clients and the writer share one core
+    fresh = [(r.sock, since[i]) for i, r in enumerate(results) if r.sock is not None]
+    done_at = [r.synced_at for r in results if r.synced_at is not None]
+    handshakes = [h for r in results for h in r.handshakes]
+    failed = sum(r.sock is None for r in results)
+    reasons: Counter[str] = Counter()
+    for r in results:
+        reasons.update(r.errors)
+    retries = sum(r.attempts for r in results) - len(results)
+    back_on = Counter(r.port for r in results if r.sock is not None)
+    await asyncio.sleep(1)
+    stop.set()
+    await wtask
+    head = await settle(first, [s for s, _ in fresh])
+    gaps = dups = behind = 0
+    for old in socks:
+        g0, d0 = old.check()
+        gaps += g0
+        dups += d0
+    for s, start in fresh:
+        g, d = s.check(upto=head, start=start)
+        gaps += g
+        dups += d
+        behind += s.behind(head)
+    ctx.gaps += gaps
+    ctx.dups += dups
+    await asyncio.sleep(1)
+    clients_after = redis_info(ctx.services.redis_url)["connected_clients"]
+    t99 = pct(done_at, 99)
+    where = "one Daphne" if len(systems) == 1 else f"{len(systems)} Daphne, round robin"
+    ctx.add(
+        label,
+        f"{len(socks)} sockets ({where}) closed at once, back with 0.5–1.5 s jitter (then backoff) + sync: "
+        "99 % synced after; retries",
+        f"{t99:.1f} s; {retries}",
+        "",
+        target="≤ 3 s",
+        ok=t99 <= 3 and failed == 0,
+    )
+    ctx.add(
+        label,
+        "  handshake p50 / p99; failed; Redis clients before → after",
+        f"{ms(pct(handshakes, 50)):.0f} / {ms(pct(handshakes, 99)):.0f} ms; {failed + failures}; "
+        f"{clients_before} → {clients_after}",
+        target="p99 ≤ 100 ms; Redis clients back to baseline",
+        ok=ms(pct(handshakes, 99)) <= 100 and clients_after <= clients_before + 2,
+        note=f"failures: {dict(reasons)}" if reasons else "",
+    )
+    per = " / ".join(f"{c:.1f}" for c in cpu)
+    ctx.add(
+        label,
+        f"  Daphne CPU from the close until every socket was back{' (' + ' / '.join(names) + ')' if len(cpu) > 1 else ''}"
+        f"; per reconnect; wall; load generator CPU",
+        f"{per} s; {1000 * sum(cpu) / max(1, len(fresh)):.1f} ms; {wall:.1f} s; {generator:.1f} s",
+        note="" if len(systems) == 1 else "back on " + " / ".join(str(back_on[s.port]) for s in systems),
+    )
+    ctx.add(
+        label,
+        f"M10 seq gaps / dups / undelivered across close + sync ({len(fresh)} sockets, head {head})",
+        f"{gaps} / {dups} / {behind}",
+        target="0 / 0 / 0",
+        ok=gaps == 0 and dups == 0 and behind == 0,
+    )
+    await close_many([s for s, _ in fresh])
 
 
 async def m4x(ctx: Ctx) -> None:
@@ -1081,5 +1166,6 @@ SCENARIOS: dict[str, Callable[[Ctx], Any]] = {
     "m6": m6,
     "m7": m7,
     "m8": m8,
+    "m8x2": m8x2,
     "m9": m9,
 }
