@@ -4,8 +4,8 @@ Each input is a short session on one socket, driven through the consumer's ASGI 
 `websocket.connect` (the real `connect()`, authenticated by a stub), up to eight `websocket.receive` messages
 (text, now and then bytes), any `sync` it started run to the end, then `websocket.disconnect`. Stubbed is only
 what lies outside the consumer: the ASGI send (every message the consumer sends is captured) and the database
-functions it calls through `database_sync_to_async` (a small in-memory world: conversations 1-3, messages 10-11, a
-log head at seq 5; a database function the consumer starts calling is reported as a crash so that it gets a stub).
+functions it calls through `database_sync_to_async` and `socket_db` (a small in-memory world: conversations 1-3,
+messages 10-11, a log head at seq 5; a database function the consumer starts calling is reported as a crash so that it gets a stub).
 The channel layer is the configured in-memory one (it refuses invalid group names), with group_send checking that
 each message would serialise; presence runs on its in-memory store.
 
@@ -112,6 +112,7 @@ def database_sync_to_async(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 consumers.database_sync_to_async = database_sync_to_async  # type: ignore[assignment]
+consumers.socket_db = database_sync_to_async  # type: ignore[assignment]  (the handshake's and sync's reads)
 
 
 def _checked_layer() -> Any:

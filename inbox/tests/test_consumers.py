@@ -6,6 +6,7 @@ Helpers here are shared by the other real-time test modules.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
@@ -1047,3 +1048,26 @@ async def test_hello_is_the_first_frame_even_when_the_tenant_group_is_busy_durin
     assert seen.count(("user:online", 999)) == 1, seen
     assert len([s for t, s in seen if t == "message:new"]) == 1
     await close(alice_ws, bob_ws)
+
+
+async def test_connecting_sockets_read_the_database_side_by_side(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The handshake's and sync's reads run on socket_db's threads, not one after another on Channels' single sync
+    thread: two handshakes meet inside _authenticate (a barrier of two), which on one thread would time out."""
+    import threading
+
+    barrier = threading.Barrier(2, timeout=5)
+    threads: list[str] = []
+    authenticate = consumers._authenticate
+
+    def meeting(scope: dict[str, Any], slug: str) -> Any:
+        threads.append(threading.current_thread().name)
+        barrier.wait()  # BrokenBarrierError (the handshake fails) unless the other one is in here at the same time
+        return authenticate(scope, slug)
+
+    monkeypatch.setattr(consumers, "_authenticate", meeting)
+    (first, hello), (second, _) = await asyncio.gather(open_socket(world.alice), open_socket(world.bob))
+    assert hello["type"] == "hello"
+    assert len(threads) == 2 and all(name.startswith("socket-db") for name in threads), threads
+    assert len(set(threads)) == 2
+    await first.disconnect()
+    await second.disconnect()
