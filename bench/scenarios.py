@@ -273,8 +273,38 @@ async def m1(ctx: Ctx, rates: tuple[int, ...] = (20, 100, 300)) -> None:
         await close_many([*receivers, other])
 
 
-async def m1_point(ctx: Ctx, sys_: System, receivers: list[Sock], rate: int, base: float) -> None:
-    """Open-loop POSTs at `rate`/s (rotating over the conversations); latency to the first receiver's socket."""
+async def m1x2(ctx: Ctx, rates: tuple[int, ...] = (100,)) -> None:
+    """M1 on two Daphne processes behind a round-robin balancer (plan step 1): POST i goes to process i mod 2, the
+    receiver whose latency is measured is on the first process (so half the sends cross processes through Redis),
+    a second receiver on the other process must get every message too."""
+    base = await ensure_floor(ctx)
+    async with system(ctx) as sys_, second_daphne(ctx, sys_) as other_proc:
+        receivers = [
+            await sys_.rest_socket(sys_.tenant.usernames[1]),
+            await other_proc.rest_socket(sys_.tenant.usernames[2]),
+        ]
+        other = await other_proc.other_socket()
+        for rate in rates:
+            await m1_point(ctx, sys_, receivers, rate, base, systems=[sys_, other_proc], label="M1x2")
+        head = await settle(sys_, receivers)
+        ctx.m10("M1x2", receivers, head)
+        isolation(ctx, "M1x2", other)
+        await close_many([*receivers, other])
+
+
+async def m1_point(
+    ctx: Ctx,
+    sys_: System,
+    receivers: list[Sock],
+    rate: int,
+    base: float,
+    *,
+    systems: list[System] | None = None,
+    label: str = "M1",
+) -> None:
+    """Open-loop POSTs at `rate`/s (rotating over the conversations, and over `systems`' processes when given);
+    latency to the first receiver's socket."""
+    systems = systems or [sys_]
     target = 50.0 if rate > 100 else 25.0
     duration, warm = ctx.d(20, 8), ctx.d(4, 2)
     sent: dict[str, float] = {}
@@ -290,22 +320,23 @@ async def m1_point(ctx: Ctx, sys_: System, receivers: list[Sock], rate: int, bas
 
     for r in receivers:
         r.hook = hook
-    await quiesce(sys_.daphne, timeout=40)  # the previous rate's backlog must not count against this one
+    for each in systems:
+        await quiesce(each.daphne, timeout=40)  # the previous rate's backlog must not count against this one
     convs = sys_.tenant.conversation_ids
     tag = f"m1-{rate}-{int(time.time())}"
 
     async def one(i: int) -> None:
         key = f"{tag}-{i}"
         sent[key] = time.perf_counter()
-        status, took = await sys_.post_message(convs[i % len(convs)], key, f"bench message {i}")
+        status, took = await systems[i % len(systems)].post_message(convs[i % len(convs)], key, f"bench message {i}")
         statuses[status] += 1
         post_times.append(took)
 
     begin = time.perf_counter()
-    cpu0 = sys_.daphne.cpu_seconds()
+    cpu0 = sum(each.daphne.cpu_seconds() for each in systems)
     await OpenLoop(rate, duration + warm, grace=15).run(one)
     await settle(sys_, receivers)
-    cpu_ms = 1000 * (sys_.daphne.cpu_seconds() - cpu0) / max(1, len(sent))
+    cpu_ms = 1000 * (sum(each.daphne.cpu_seconds() for each in systems) - cpu0) / max(1, len(sent))
     measured = [lt for st, lt in lat if st - begin >= warm]
     stats = summary(measured)
     created = statuses.get(201, 0)
@@ -314,7 +345,7 @@ async def m1_point(ctx: Ctx, sys_: System, receivers: list[Sock], rate: int, bas
     p99 = ms(stats["p99"])
     ratio = p99 / base
     ctx.add(
-        "M1",
+        label,
         f"POST→WS {rate}/s p50 / p95 / p99 / max",
         f"{ms(stats['p50']):.1f} / {ms(stats['p95']):.1f} / {p99:.1f} / {ms(stats['max']):.1f}",
         "ms",
@@ -325,8 +356,9 @@ async def m1_point(ctx: Ctx, sys_: System, receivers: list[Sock], rate: int, bas
         ok=p99 <= target and ratio <= 8,
     )
     ctx.add(
-        "M1",
-        f"  {rate}/s delivered / sent (201s); POST p99; lag first→last 10 %; Daphne CPU per send",
+        label,
+        f"  {rate}/s delivered / sent (201s); POST p99; lag first→last 10 %; Daphne CPU per send"
+        + (f" (all {len(systems)} processes)" if len(systems) > 1 else ""),
         f"{len(lat)} / {created}; {ms(pct(post_times, 99)):.1f} ms; {ms(first):.1f}→{ms(last):.1f} ms; {cpu_ms:.1f} ms",
         target="delivered = sent",
         ok=len(lat) == created == len(sent),
@@ -1158,6 +1190,7 @@ async def m4x(ctx: Ctx) -> None:
 SCENARIOS: dict[str, Callable[[Ctx], Any]] = {
     "floor": floor,
     "m1": m1,
+    "m1x2": m1x2,
     "m2": m2,
     "m3": m3,
     "m4": m4,
