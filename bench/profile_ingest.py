@@ -34,7 +34,7 @@ import sys
 import time
 from typing import Any
 
-from bench.profile_send import SqlCounter, _wrapped
+from bench.profile_send import SqlCounter, _wrapped, add_profiling_args, empty_queue
 
 APP_SECRET = "profile-ingest-app-secret"
 URL = "/webhooks/whatsapp/"
@@ -214,11 +214,7 @@ def _cleanup(first_pk: int, tenant_id: int) -> None:
     WebhookEvent.objects.filter(pk__gt=first_pk).delete()
     with scopes_disabled():
         Tenant.objects.filter(pk=tenant_id).delete()
-    url = os.environ.get("REDIS_URL", "")
-    if url:
-        import redis
-
-        redis.Redis.from_url(url).delete("inbound")
+    empty_queue("inbound")
 
 
 def main() -> None:
@@ -226,16 +222,7 @@ def main() -> None:
     parser.add_argument("-n", type=int, default=1000, help="measured POSTs to each URL (default 1000)")
     parser.add_argument("--warmup", type=int, default=50, help="POSTs to each URL before measuring (default 50)")
     parser.add_argument("--round", type=int, default=50, help="POSTs per URL per alternating round (default 50)")
-    parser.add_argument(
-        "--wsgi",
-        dest="asgi",
-        action="store_false",
-        help="through the test Client (WSGI, one thread: what --cprofile sees) instead of the ASGI handler",
-    )
-    parser.add_argument("--sql", action="store_true", help="print the statements of the last webhook POST")
-    parser.add_argument("--cprofile", metavar="FILE", help="profile the webhook POSTs with cProfile, save to FILE")
-    parser.add_argument("--sort", default="cumulative", help="cProfile sort key (default cumulative; tottime)")
-    parser.add_argument("--top", type=int, default=40, help="cProfile entries to print")
+    add_profiling_args(parser, "webhook POST")
     args = parser.parse_args()
     _configure()
     run(args)

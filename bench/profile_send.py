@@ -180,20 +180,21 @@ def _wrapped(connection: Any, counter: SqlCounter) -> Iterator[None]:
         connection_created.disconnect(install)
 
 
-def _cleanup() -> None:
-    """Empty the Celery queue the sends filled (no worker runs here)."""
+def empty_queue(name: str) -> None:
+    """Empty a Celery queue on REDIS_URL's broker that this script filled (no worker runs here)."""
     url = os.environ.get("REDIS_URL", "")
     if url:
         import redis
 
-        redis.Redis.from_url(url).delete("celery")
+        redis.Redis.from_url(url).delete(name)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("-n", type=int, default=200, help="measured sends (default 200)")
-    parser.add_argument("--warmup", type=int, default=20, help="sends before measuring (default 20)")
-    parser.add_argument("--conversations", type=int, default=20, help="conversations to send to, round robin")
+def _cleanup() -> None:
+    empty_queue("celery")
+
+
+def add_profiling_args(parser: argparse.ArgumentParser, what: str) -> None:
+    """The options every profile_* script shares: how requests go in (--wsgi), --sql, and cProfile's."""
     parser.add_argument(
         "--wsgi",
         dest="asgi",
@@ -201,10 +202,18 @@ def main() -> None:
         help="through the test Client (WSGI, one thread: what --cprofile sees) instead of the ASGI handler, where the"
         " view runs in a worker thread as under Daphne (the default; cProfile does not see that thread: use py-spy)",
     )
-    parser.add_argument("--sql", action="store_true", help="print the statements of the last send")
-    parser.add_argument("--cprofile", metavar="FILE", help="profile the measured sends with cProfile, save to FILE")
+    parser.add_argument("--sql", action="store_true", help=f"print the statements of the last {what}")
+    parser.add_argument("--cprofile", metavar="FILE", help=f"profile the measured {what}s with cProfile, save to FILE")
     parser.add_argument("--sort", default="cumulative", help="cProfile sort key (default cumulative; tottime)")
     parser.add_argument("--top", type=int, default=40, help="cProfile entries to print")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-n", type=int, default=200, help="measured sends (default 200)")
+    parser.add_argument("--warmup", type=int, default=20, help="sends before measuring (default 20)")
+    parser.add_argument("--conversations", type=int, default=20, help="conversations to send to, round robin")
+    add_profiling_args(parser, "send")
     args = parser.parse_args()
     _configure()
     run(args)

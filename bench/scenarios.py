@@ -72,11 +72,15 @@ class Ctx:
 
     def m10(self, scenario: str, socks: list[Sock], upto: int, *, label: str = "") -> None:
         gaps, dups, behind = seq_check(socks, upto)
+        self.m10_row(scenario, f"{label} ({len(socks)} sockets, head {upto})", gaps, dups, behind)
+
+    def m10_row(self, scenario: str, what: str, gaps: int, dups: int, behind: int) -> None:
+        """The M10 row of counts a scenario made (added to the run's totals)."""
         self.gaps += gaps
         self.dups += dups
         self.add(
             scenario,
-            f"M10 seq gaps / dups / undelivered{label} ({len(socks)} sockets, head {upto})",
+            f"M10 seq gaps / dups / undelivered{what}",
             f"{gaps} / {dups} / {behind}",
             target="0 / 0 / 0",
             ok=gaps == 0 and dups == 0 and behind == 0,
@@ -1134,8 +1138,6 @@ async def storm(ctx: Ctx, label: str, systems: list[System], n: int) -> None:
         gaps += g
         dups += d
         behind += s.behind(head)
-    ctx.gaps += gaps
-    ctx.dups += dups
     await asyncio.sleep(1)
     clients_after = redis_info(ctx.services.redis_url)["connected_clients"]
     t99 = pct(done_at, 99)
@@ -1166,13 +1168,7 @@ async def storm(ctx: Ctx, label: str, systems: list[System], n: int) -> None:
         f"{per} s; {1000 * sum(cpu) / max(1, len(fresh)):.1f} ms; {wall:.1f} s; {generator:.1f} s",
         note="" if len(systems) == 1 else "back on " + " / ".join(str(back_on[s.port]) for s in systems),
     )
-    ctx.add(
-        label,
-        f"M10 seq gaps / dups / undelivered across close + sync ({len(fresh)} sockets, head {head})",
-        f"{gaps} / {dups} / {behind}",
-        target="0 / 0 / 0",
-        ok=gaps == 0 and dups == 0 and behind == 0,
-    )
+    ctx.m10_row(label, f" across close + sync ({len(fresh)} sockets, head {head})", gaps, dups, behind)
     await close_many([s for s, _ in fresh])
 
 

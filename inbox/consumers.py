@@ -67,6 +67,14 @@ def _socket_db_executor() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=int(_setting("SOCKET_DB_THREADS", 4)), thread_name_prefix="socket-db")
 
 
+def socket_db_restart() -> None:
+    """Let socket_db's threads finish what they run and end, so that the next call starts fresh ones (with no
+    per-thread database state): for tests that change the database settings (the role) under a running process."""
+    if _socket_db_executor.cache_info().currsize:
+        _socket_db_executor().shutdown(wait=True)
+        _socket_db_executor.cache_clear()
+
+
 def socket_db(func: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
     """database_sync_to_async on a few threads of their own, for what a connecting or syncing socket reads.
 

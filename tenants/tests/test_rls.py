@@ -88,6 +88,9 @@ def app_role_everywhere(require_postgres: None, transactional_db: None, world: W
     options = connection.settings_dict.setdefault("OPTIONS", {})
 
     def recycle() -> None:
+        from inbox.consumers import socket_db_restart
+
+        socket_db_restart()  # its threads' connections came from the pool being closed, as the role being dropped
         connection.close()
         connection.close_pool()
 
