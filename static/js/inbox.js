@@ -349,6 +349,16 @@
 
   // --- Thread header, window countdown --------------------------------------------------------------------------
 
+  // A choice the agent made in the header and has not submitted yet (e.g. an assignee picked, Assign not clicked).
+  function unsaved(root) {
+    return $all("select", root).some(function (select) {
+      var options = Array.prototype.slice.call(select.options);
+      // Without a default (the assignee left the team) the browser shows the first option: nothing was chosen.
+      return options.some(function (o) { return o.defaultSelected; }) &&
+        options.some(function (o) { return o.selected !== o.defaultSelected; });
+    });
+  }
+
   function refreshHeader() {
     var thread = currentThread();
     if (!thread) { return; }
@@ -358,7 +368,7 @@
         var header = $("#thread-header");
         if (!html || !header || openConversationId() !== conversationId) { return; }
         var el = fromHTML(html);
-        if (header.contains(document.activeElement)) { return; }  // do not pull a control from under the agent
+        if (header.contains(document.activeElement) || unsaved(header)) { return; }  // do not pull a control from under the agent
         header.replaceWith(el);
         activate(el);
         tickWindow();

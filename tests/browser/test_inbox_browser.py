@@ -223,6 +223,26 @@ def test_status_and_assignee_changes_show_for_the_colleague(server: InboxServer,
     expect(bob.page.locator(f"#conv-{acme} .assignee")).to_contain_text("Bob Agent")
 
 
+def test_a_colleagues_change_does_not_undo_an_assignee_picked_but_not_yet_assigned(
+    server: InboxServer, login: Any
+) -> None:
+    """The header refreshes on conversation:updated, except while it holds a choice the agent has not submitted."""
+    acme = server.data["acme"]["conversation"]
+    alice, bob = login("alice"), login("bob")
+    open_conversation(alice.page, acme)
+    open_conversation(bob.page, acme)
+    alice.page.get_by_label("Assignee").select_option(label="Bob Agent")  # picked, Assign not clicked
+    alice.page.locator("body").click(position={"x": 1, "y": 1})  # focus leaves the header
+    bob.page.locator("#thread-header").get_by_role("button", name="Pending").click()
+    expect(bob.page.locator("#thread-header")).to_have_attribute("data-status", "pending")
+    # Bob's change reached Alice (her list row moved out of the open tab) while her pick stayed.
+    expect(alice.page.locator(f"#conv-{acme}")).to_have_count(0)
+    expect(alice.page.get_by_label("Assignee").locator("option:checked")).to_have_text("Bob Agent")
+    alice.page.get_by_role("button", name="Assign", exact=True).click()
+    expect(alice.page.locator("#thread-header")).to_have_attribute("data-status", "pending")  # the fresh header
+    expect(alice.page.get_by_label("Assignee").locator("option:checked")).to_have_text("Bob Agent")
+
+
 def test_keyboard_moves_between_conversations_and_to_the_composer(server: InboxServer, login: Any) -> None:
     bob = login("bob")
     page = bob.page
