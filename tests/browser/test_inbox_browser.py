@@ -241,6 +241,9 @@ def test_a_colleagues_change_does_not_undo_an_assignee_picked_but_not_yet_assign
     alice.page.get_by_role("button", name="Assign", exact=True).click()
     expect(alice.page.locator("#thread-header")).to_have_attribute("data-status", "pending")  # the fresh header
     expect(alice.page.get_by_label("Assignee").locator("option:checked")).to_have_text("Bob Agent")
+    # The server is shared by the module's tests: leave the conversation open, as the test before this one does.
+    alice.page.locator("#thread-header").get_by_role("button", name="Open").click()
+    expect(alice.page.locator("#thread-header")).to_have_attribute("data-status", "open")
 
 
 def test_keyboard_moves_between_conversations_and_to_the_composer(server: InboxServer, login: Any) -> None:
