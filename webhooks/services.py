@@ -89,14 +89,11 @@ def webhook_ingest(*, raw_body: bytes, signature_header: str | None, headers: Ma
 
 def webhook_enqueue(event_id: int) -> None:
     """Hand a stored event to the inbound queue; if that fails the sweeper picks it up (it is stored)."""
+    from inbox.tasking import apply_with_ids
     from webhooks.tasks import webhook_process
 
     try:
-        # argsrepr/kwargsrepr: what the worker logs and monitors show, given as they are instead of Celery's
-        # saferepr of the arguments (a recursive, length-limited repr: 13 % of an enqueue).
-        webhook_process.apply_async(
-            kwargs={"event_id": event_id}, retry=False, argsrepr="()", kwargsrepr=f"{{'event_id': {event_id}}}"
-        )
+        apply_with_ids(webhook_process, {"event_id": event_id}, retry=False)
     except Exception:
         logger.exception("could not enqueue webhook %s; the sweeper will process it", event_id)
 

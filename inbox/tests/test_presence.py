@@ -189,13 +189,13 @@ async def test_a_process_heartbeat_refreshes_every_socket_and_view_and_announces
     assert presence.user_settle(1, 11) is True
 
 
+@pytest.mark.redis
 async def test_a_heartbeat_is_one_store_command_per_chunk_of_sockets(
-    settings: Any, monkeypatch: pytest.MonkeyPatch
+    require_redis: None, settings: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A command (or three) per socket cost ~9 ms of GIL-holding CPU per 400 sockets in redis-py's packing, every
     heartbeat, in the same process as the event loop (docs/performance.md, M3)."""
-    if not isinstance(presence.store(), presence.RedisStore):
-        pytest.skip("the in-memory store sends no commands")
+    assert isinstance(presence.store(), presence.RedisStore)  # with Redis configured, presence lives there
     import redis
 
     settings.PRESENCE_TTL = 30
