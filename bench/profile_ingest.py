@@ -13,10 +13,11 @@ processing task on the broker of REDIS_URL (no worker runs; the stored events an
 The same number of POSTs of the same bodies go to `/bench/empty/` in alternating rounds (A, B, A, B ...), so both
 see the same moments of a shared box; the ratio of their CPU is what the ingest path adds over Django itself.
 
-By default requests go through Django's ASGIHandler as Daphne calls it: each request in its own
-ThreadSensitiveContext, i.e. its sync code in a new thread (so per-thread state such as a DatabaseWrapper or
-Celery's result backend is built per request), and its database connection back to the pool at the end. The test
-client's AsyncClient does neither, which hid two thirds of what a webhook adds to the empty view (1.0 of 3.0 ms). `--wsgi` uses the
+By default requests go through the project's ASGI handler (config/http.py) as Daphne calls it: each request's sync
+code on one of the long-lived request threads, its database connection back to the pool at the end. (Django's own
+ASGIHandler started a new thread per request, so per-thread state such as a DatabaseWrapper or Celery's result
+backend was built per request; the test client's AsyncClient hid that: two thirds of what a webhook added to the
+empty view, 1.0 of 3.0 ms.) `--wsgi` uses the
 test Client (one thread, so cProfile sees everything, but not the per-thread costs). CPU is this process's
 `time.process_time()`: Django, psycopg, redis-py, kombu (not PostgreSQL's or Redis' own).
 """
@@ -72,11 +73,11 @@ def seed() -> tuple[int, str, str]:
 
 def run(args: argparse.Namespace) -> None:
     from django.conf import settings
-    from django.core.asgi import get_asgi_application
     from django.db import connection
     from django.test import Client
 
     from bench.harness import webhook_body
+    from config.http import get_asgi_application
     from webhooks.models import WebhookEvent
     from webhooks.parsers import signature_for
 
@@ -141,7 +142,7 @@ def run(args: argparse.Namespace) -> None:
 
     ingest, empty = statistics.median(cpu[URL]), statistics.median(cpu[EMPTY_URL])
     print(
-        f"POSTs: {args.n} each ({'ASGIHandler' if args.asgi else 'test Client'}), rounds of {args.round};"
+        f"POSTs: {args.n} each ({'ASGI handler' if args.asgi else 'test Client'}), rounds of {args.round};"
         f" statuses webhook {statuses[URL]}, empty {statuses[EMPTY_URL]}"
     )
     print(
@@ -160,9 +161,9 @@ def run(args: argparse.Namespace) -> None:
 
 
 async def _asgi_post(handler: Any, path: str, body: bytes, secret: str) -> int:
-    """One POST through Django's ASGIHandler as Daphne calls it (not the test client's handler, which keeps the
-    connection open across requests and runs every request in the same thread): the request in its own
-    ThreadSensitiveContext, i.e. its sync code in a new thread, the signals that return the connection to the pool."""
+    """One POST through the project's ASGI handler as Daphne calls it (not the test client's handler, which keeps the
+    connection open across requests): the request's sync code on a request thread, with the signals that return the
+    connection to the pool."""
     from webhooks.parsers import signature_for
 
     scope = {

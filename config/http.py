@@ -1,30 +1,157 @@
-"""Django's HTTP side under ASGI, with the middleware chain and the view in one hop to the request thread.
+"""Django's HTTP side under ASGI: a request's sync work in one hop, on a long-lived request thread.
 
-Django's ASGIHandler builds its chain for an async caller: the innermost handler is the async `_get_response_async`,
-so with every middleware sync-only (ours are, see MIDDLEWARE) a request went event loop → request thread (the sync
-chain) → back to the event loop (async_to_sync around `_get_response_async`) → request thread again (the sync view)
-and back twice more on the way out. Each of those hops waits for the event loop, which under load is busy with
-WebSocket frames: on an agent's send that was both CPU and latency before the message is even written.
+Django's ASGIHandler, per request, (1) enters a fresh `ThreadSensitiveContext`, i.e. starts a new thread for the
+request's sync code (and on exit one more thread to join it), so each request also builds a fresh database
+connection wrapper (pool checkout, `connection_created` receivers); (2) hops to that thread for the
+`request_started` receivers, again for the middleware chain and the view, and again for `response.close()`
+(`request_finished`); and (3) builds its middleware chain for an async caller, so with sync-only middleware (ours are)
+the chain hops thread → event loop → thread again around a sync view. Each hop waits for the event loop, which under
+load is busy with WebSocket frames; each costs CPU in asgiref's context copying.
 
-`get_asgi_application()` returns a handler whose chain is built for a sync caller (`_get_response`, exactly what
-WSGI runs: sync views are called directly, an async view would be run through async_to_sync) and is entered with
-one `sync_to_async(thread_sensitive=True)`: the same thread as before, the same middleware order, signals, error
-handling and response streaming (ASGIHandler's own), without the two inner hops.
+`OneHopASGIHandler` builds the chain for a sync caller (`_get_response`, what WSGI runs: a sync view is called
+directly, an async view through async_to_sync) and runs `request_started`, the request, the view and, for an
+ordinary (non-streaming) response, the body and `response.close()` in one hop, on a thread of a small pool
+(`HTTP_THREADS`) that lives as long as the process. The event loop reads the body before and writes the response
+after. A streaming response (a file download) is streamed by Django's own code, its sync iterator and close on the
+same request thread (a `ThreadSensitiveContext` bound to it), with the client's disconnect stopping the stream.
+
+What differs from Django's handler: `request_finished` fires before the response's bytes are written (they are
+already complete in memory), and a request whose client disconnects while the view runs is not told (a sync view
+never was: its thread ran to the end either way; the response to a gone client is dropped by the server).
 """
 
 from __future__ import annotations
 
+import asyncio
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import django
-from asgiref.sync import sync_to_async
-from django.core.handlers.asgi import ASGIHandler
+from asgiref.sync import ThreadSensitiveContext, sync_to_async
+from django.conf import settings
+from django.core import signals
+from django.core.exceptions import RequestAborted
+from django.core.handlers.asgi import ASGIHandler, get_script_prefix
+from django.http import FileResponse, HttpResponseBase
+from django.urls import set_script_prefix
+
+Headers = list[tuple[bytes, bytes]]
+
+
+class RequestThreads:
+    """Up to `size` long-lived threads, each serving one request at a time (a request's sync code must stay on one
+    thread: its database connection is thread-local). Started on demand; a request that finds them all busy waits
+    for the next one to come free, in arrival order."""
+
+    def __init__(self, size: int) -> None:
+        self.size = max(1, size)
+        self.started = 0
+        self._idle: list[ThreadPoolExecutor] = []
+        self._waiters: deque[asyncio.Future[ThreadPoolExecutor]] = deque()
+
+    async def acquire(self) -> ThreadPoolExecutor:
+        if self._idle:
+            return self._idle.pop()
+        if self.started < self.size:
+            self.started += 1
+            return ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"http-{self.started}")
+        waiter: asyncio.Future[ThreadPoolExecutor] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            return await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.release(waiter.result())  # handed over just as the request was cancelled: pass it on
+            raise
+
+    def release(self, executor: ThreadPoolExecutor) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(executor)
+                return
+        self._idle.append(executor)
+
+
+def response_headers(response: HttpResponseBase) -> Headers:
+    """The ASGI header list of a response, cookies included (as Django's ASGIHandler.send_response writes it)."""
+    headers: Headers = []
+    for header, value in response.items():
+        headers.append(
+            (
+                header.encode("ascii") if isinstance(header, str) else bytes(header),
+                value.encode("latin1") if isinstance(value, str) else bytes(value),
+            )
+        )
+    for cookie in response.cookies.values():
+        headers.append((b"Set-Cookie", cookie.output(header="").encode("ascii").strip()))
+    return headers
 
 
 class OneHopASGIHandler(ASGIHandler):
+    def __init__(self, threads: int | None = None) -> None:
+        super().__init__()
+        self.threads = RequestThreads(threads if threads is not None else getattr(settings, "HTTP_THREADS", 12))
+
     def load_middleware(self, is_async: bool = False) -> None:
         super().load_middleware(is_async=False)
-        self._middleware_chain: Any = sync_to_async(self._middleware_chain, thread_sensitive=True)
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            raise ValueError(f"Django can only handle ASGI/HTTP connections, not {scope['type']}.")
+        try:
+            body_file = await self.read_body(receive)
+        except RequestAborted:
+            return
+        executor = await self.threads.acquire()
+        try:
+            async with ThreadSensitiveContext(executor=executor):
+                response, headers, body = await sync_to_async(self.respond, thread_sensitive=True)(scope, body_file)
+                if body is None:
+                    await self.stream(response, receive, send)
+                    return
+                await send({"type": "http.response.start", "status": response.status_code, "headers": headers})
+                for chunk, last in self.chunk_bytes(body):
+                    await send({"type": "http.response.body", "body": chunk, "more_body": not last})
+        finally:
+            self.threads.release(executor)
+            body_file.close()
+
+    def respond(self, scope: dict[str, Any], body_file: Any) -> tuple[HttpResponseBase, Headers, bytes | None]:
+        """On the request thread: the request from start to finish. Returns the response, its headers and its body,
+        or no body for a streaming response (left open for `stream`)."""
+        set_script_prefix(get_script_prefix(scope))
+        signals.request_started.send(sender=self.__class__, scope=scope)
+        request, error_response = self.create_request(scope, body_file)
+        response = error_response if request is None else self.get_response(request)
+        response._handler_class = self.__class__  # type: ignore[attr-defined]
+        if isinstance(response, FileResponse):
+            response.block_size = self.chunk_size  # the server chunks the socket writes itself
+        if response.streaming:
+            return response, [], None
+        headers = response_headers(response)
+        body = response.content  # type: ignore[attr-defined]
+        response.close()  # request_finished: the thread's database connection goes back to the pool
+        return response, headers, body
+
+    async def stream(self, response: HttpResponseBase, receive: Any, send: Any) -> None:
+        """Django's streaming, stopped by the client's disconnect; then close on the request thread."""
+        tasks = [
+            asyncio.create_task(self.listen_for_disconnect(receive)),
+            asyncio.create_task(self.send_response(response, send)),
+        ]
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for task in tasks:
+                if not task.done():
+                    task.cancel()
+                try:
+                    await task
+                except (RequestAborted, asyncio.CancelledError):
+                    pass
+        finally:
+            await sync_to_async(response.close, thread_sensitive=True)()
 
 
 def get_asgi_application() -> OneHopASGIHandler:

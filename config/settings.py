@@ -375,6 +375,8 @@ WS_RATE_STRIKES = env_float("WS_RATE_STRIKES", default=20.0)  # rate-limited fra
 WS_RATE_STRIKE_DECAY = env_float("WS_RATE_STRIKE_DECAY", default=1.0)
 WS_RECHECK_SECONDS = env_float("WS_RECHECK_SECONDS", default=30.0)  # membership re-check and missed-event catch-up
 WS_FIRST_SYNC_WAIT = env_float("WS_FIRST_SYNC_WAIT", default=5.0)
+# Long-lived threads for HTTP requests' sync code under Daphne (config/http.py; Django alone starts one per request).
+HTTP_THREADS = env_int("HTTP_THREADS", default=12)
 # Threads (each with its pooled database connection while it runs) for what connecting and syncing sockets read.
 SOCKET_DB_THREADS = env_int("SOCKET_DB_THREADS", default=4)
 TYPING_TTL = env_float("TYPING_TTL", default=6.0)  # a typing:start with no stop expires after this many seconds

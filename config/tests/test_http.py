@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import threading
 from typing import Any
 
 import pytest
-from asgiref.sync import AsyncToSync
+from asgiref.sync import AsyncToSync, SyncToAsync
 from asgiref.testing import ApplicationCommunicator
+from django.core.signals import request_finished
+from django.urls import path
 
-from config.http import OneHopASGIHandler
+from config.http import OneHopASGIHandler, RequestThreads
 
 
 def _scope(path: str, method: str = "GET") -> dict[str, Any]:
@@ -39,6 +43,7 @@ async def _request(application: Any, path: str, method: str = "GET") -> tuple[in
         body += part.get("body", b"")
         if not part.get("more_body"):
             break
+    await communicator.wait(5)  # the application has finished (closed the response)
     return start["status"], dict(start["headers"]), body
 
 
@@ -90,3 +95,103 @@ async def test_unknown_paths_and_api_errors_are_answered_as_before() -> None:
     assert status in (401, 403, 404)
     assert headers[b"Content-Type"].startswith(b"application/json")
     assert "detail" in json.loads(body) or "error" in json.loads(body)
+
+
+# --- request threads ------------------------------------------------------------------------------------------------
+
+
+def _streaming_view(request: Any) -> Any:
+    from django.http import StreamingHttpResponse
+
+    def parts() -> Any:
+        for i in range(3):
+            _thread_of.append(("part", threading.get_ident()))
+            yield f"part {i};".encode()
+
+    response = StreamingHttpResponse(parts(), content_type="text/plain")
+    response._resource_closers.append(lambda: _thread_of.append(("close", threading.get_ident())))
+    return response
+
+
+def _plain_view(request: Any) -> Any:
+    from django.http import HttpResponse
+
+    _thread_of.append(("view", threading.get_ident()))
+    return HttpResponse(b"x" * (OneHopASGIHandler.chunk_size + 10), content_type="application/octet-stream")
+
+
+_thread_of: list[tuple[str, int]] = []
+urlpatterns = [path("stream/", _streaming_view), path("plain/", _plain_view)]  # ROOT_URLCONF of the tests below
+
+
+@pytest.fixture
+def own_urls(settings: Any) -> Any:
+    settings.ROOT_URLCONF = __name__
+    _thread_of.clear()
+    return settings
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_requests_run_on_long_lived_threads_in_one_hop_each(
+    own_urls: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Django's handler starts a thread per request and hops to it three times (request_started, the view,
+    response.close); this one reuses its threads and hops once, with request_finished before the bytes go out."""
+    hops = 0
+    original = SyncToAsync.__call__
+
+    def counted(self: SyncToAsync, *args: Any, **kwargs: Any) -> Any:
+        nonlocal hops
+        hops += 1
+        return original(self, *args, **kwargs)
+
+    finished: list[int] = []
+
+    def on_finished(**kwargs: Any) -> None:
+        finished.append(threading.get_ident())
+
+    monkeypatch.setattr(SyncToAsync, "__call__", counted)
+    request_finished.connect(on_finished)
+    try:
+        handler = OneHopASGIHandler(threads=2)
+        threads_before = threading.active_count()
+        for _ in range(4):
+            status, headers, body = await _request(handler, "/plain/")
+            assert (status, len(body)) == (200, OneHopASGIHandler.chunk_size + 10)  # two body messages, joined
+            assert headers[b"Content-Type"] == b"application/octet-stream"
+    finally:
+        request_finished.disconnect(on_finished)
+    assert hops == 4
+    views = {ident for kind, ident in _thread_of if kind == "view"}
+    assert len(views) == 1 and views != {threading.get_ident()}  # one request thread, not the loop's
+    assert finished == [views.pop()] * 4  # request_finished on that thread, once per request
+    assert handler.threads.started == 1 and threading.active_count() <= threads_before + 1
+
+
+@pytest.mark.filterwarnings("ignore:StreamingHttpResponse must consume synchronous iterators")
+@pytest.mark.django_db(transaction=True)
+async def test_a_streaming_response_is_streamed_and_closed_on_its_request_thread(own_urls: Any) -> None:
+    handler = OneHopASGIHandler(threads=1)
+    status, _, body = await _request(handler, "/stream/")
+    assert (status, body) == (200, b"part 0;part 1;part 2;")
+    kinds = [kind for kind, _ in _thread_of]
+    assert kinds == ["part", "part", "part", "close"]
+    idents = {ident for _, ident in _thread_of}
+    assert len(idents) == 1 and idents != {threading.get_ident()}
+    assert handler.threads._idle  # the thread went back to the pool after the close
+
+
+async def test_requests_beyond_the_thread_limit_wait_for_a_free_thread_in_arrival_order() -> None:
+    threads = RequestThreads(1)
+    first = await threads.acquire()
+    second = asyncio.ensure_future(threads.acquire())
+    third = asyncio.ensure_future(threads.acquire())
+    await asyncio.sleep(0)
+    assert not second.done() and not third.done()
+    second.cancel()  # a request cancelled while waiting gives up its place
+    await asyncio.sleep(0)
+    threads.release(first)
+    assert await asyncio.wait_for(third, 5) is first
+    threads.release(first)
+    assert await threads.acquire() is first and threads.started == 1
+    first.shutdown()
