@@ -5,6 +5,10 @@ Tasks are enqueued with `enqueue_on_commit` so a worker never looks for a row th
 
 from __future__ import annotations
 
+import atexit
+import logging
+import os
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -12,6 +16,8 @@ from celery import Task
 from django.db import transaction
 
 from tenants.scoping import tenant_scope
+
+logger = logging.getLogger(__name__)
 
 
 class TenantTask(Task):  # type: ignore[misc]
@@ -36,3 +42,55 @@ def apply_with_ids(task: Any, kwargs: dict[str, Any], **options: Any) -> Any:
 def enqueue_on_commit(task: Callable[..., Any], **kwargs: Any) -> None:
     """Send a task after the current transaction commits (at once outside a transaction)."""
     transaction.on_commit(lambda: apply_with_ids(task, kwargs), robust=True)
+
+
+class IdBatcher:
+    """Hands ids to `send` (one broker publish for a list of them) from a thread of its own, in batches.
+
+    The first id after a quiet moment goes at once; ids that arrive while a batch is being published wait for the
+    next one (at most `max_batch` each). The caller returns without waiting for the broker: what is added must
+    already be safe elsewhere (committed, with a sweeper that re-enqueues what a crash lost before it went out).
+    A publish that fails is logged and its ids left to that sweeper.
+    """
+
+    def __init__(self, send: Callable[[list[int]], Any], *, max_batch: int = 20, name: str = "id-batcher") -> None:
+        self.send = send
+        self.max_batch = max_batch
+        self.name = name
+        self._reset()
+        os.register_at_fork(after_in_child=self._reset)  # a forked child has the state but not the thread
+        atexit.register(self.idle, 2.0)  # a server stopping hands over what it still holds
+
+    def _reset(self) -> None:
+        self._lock = threading.Condition()
+        self._pending: list[int] = []
+        self._busy = False
+        self._thread: threading.Thread | None = None
+
+    def add(self, item: int) -> None:
+        with self._lock:
+            self._pending.append(item)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+                self._thread.start()
+            self._lock.notify()
+
+    def idle(self, timeout: float = 5.0) -> bool:
+        """Wait until everything added has been handed to `send` (tests, shutdown)."""
+        with self._lock:
+            return self._lock.wait_for(lambda: not self._pending and not self._busy, timeout)
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                self._lock.wait_for(lambda: bool(self._pending))
+                batch, self._pending[: self.max_batch] = self._pending[: self.max_batch], []
+                self._busy = True
+            try:
+                self.send(batch)
+            except Exception:
+                logger.exception("%s: could not publish %s; left to the sweeper", self.name, batch)
+            finally:
+                with self._lock:
+                    self._busy = False
+                    self._lock.notify_all()

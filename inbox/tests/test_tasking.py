@@ -1,14 +1,15 @@
-"""inbox.tasking.enqueue_on_commit: tasks leave after commit, with the repr of their ids Celery would have made."""
+"""inbox.tasking: tasks leave after commit, with the repr of their ids Celery would have made; IdBatcher."""
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import pytest
 from celery.utils.saferepr import saferepr
 from django.db import transaction
 
-from inbox.tasking import enqueue_on_commit
+from inbox.tasking import IdBatcher, enqueue_on_commit
 
 
 class _Task:
@@ -39,3 +40,43 @@ def test_a_rolled_back_change_sends_nothing(django_capture_on_commit_callbacks: 
         enqueue_on_commit(task, tenant_id=1, message_id=2)
         raise ZeroDivisionError
     assert task.calls == []
+
+
+# --- IdBatcher ------------------------------------------------------------------------------------------------------
+
+
+def test_the_first_id_goes_at_once_and_ids_added_meanwhile_share_the_next_publish() -> None:
+    sent: list[list[int]] = []
+    first_started, release_first = threading.Event(), threading.Event()
+
+    def send(ids: list[int]) -> None:
+        sent.append(ids)
+        if len(sent) == 1:
+            first_started.set()
+            assert release_first.wait(5)
+
+    batcher = IdBatcher(send, max_batch=3, name="test-batcher")
+    batcher.add(1)
+    assert first_started.wait(5)  # published without waiting for company
+    for item in range(2, 7):  # arrive while the first publish is still out
+        batcher.add(item)
+    release_first.set()
+    assert batcher.idle(5)
+    assert sent == [[1], [2, 3, 4], [5, 6]]  # in order, at most max_batch per publish
+
+
+def test_a_failed_publish_is_logged_and_the_next_ids_still_go(caplog: pytest.LogCaptureFixture) -> None:
+    sent: list[list[int]] = []
+
+    def send(ids: list[int]) -> None:
+        if ids == [1]:
+            raise ConnectionError("broker down")
+        sent.append(ids)
+
+    batcher = IdBatcher(send, name="test-batcher")
+    batcher.add(1)
+    assert batcher.idle(5)
+    batcher.add(2)
+    assert batcher.idle(5)
+    assert sent == [[2]]
+    assert "could not publish [1]; left to the sweeper" in caplog.text

@@ -233,6 +233,30 @@ def test_the_sweeper_processes_events_whose_enqueue_was_lost(client: Client, wor
     assert WebhookEvent.objects.get().state == ProcessingState.PROCESSED
 
 
+def test_a_batch_task_processes_every_event_even_when_one_of_them_raises(client: Client, world: World) -> None:
+    bodies = [payloads.body(messages=[payloads.message("messages.json", "text")]) for _ in range(3)]
+    with mock.patch("webhooks.services.webhook_enqueue"):  # stored, not processed
+        for index, data in enumerate(bodies):
+            data["entry"][0]["changes"][0]["value"]["messages"][0]["id"] = f"wamid.batch.{index}"
+            assert payloads.deliver(client, data).status_code == 200
+    ids = list(WebhookEvent.objects.order_by("pk").values_list("pk", flat=True))
+    from webhooks import services
+    from webhooks.tasks import webhook_process_many
+
+    original = services.webhook_process
+
+    def second_raises(event_id: int) -> Any:
+        if event_id == ids[1]:
+            raise RuntimeError("worker trouble")
+        return original(event_id)
+
+    with mock.patch.object(services, "webhook_process", second_raises):
+        states = webhook_process_many.apply(kwargs={"event_ids": ids}).get()
+    assert states == [ProcessingState.PROCESSED, None, ProcessingState.PROCESSED]
+    assert len(_messages(world.acme.pk)) == 2
+    assert WebhookEvent.objects.get(pk=ids[1]).state == ProcessingState.RECEIVED  # left for the sweeper
+
+
 @pytest.mark.django_db(transaction=True)
 async def test_under_asgi_a_3mb_signed_body_is_stored_and_processed(world: World) -> None:
     from asgiref.sync import sync_to_async
