@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -13,10 +14,11 @@ from config import gctune
 
 @pytest.fixture
 def restore_gc() -> Iterator[None]:
-    before = gc.get_threshold()
+    before, interval = gc.get_threshold(), sys.getswitchinterval()
     yield
     gc.unfreeze()
     gc.set_threshold(*before)
+    sys.setswitchinterval(interval)
 
 
 def test_defaults_freeze_the_startup_heap_and_raise_the_young_threshold(
@@ -25,9 +27,21 @@ def test_defaults_freeze_the_startup_heap_and_raise_the_young_threshold(
     monkeypatch.delenv("GC_THRESHOLDS", raising=False)
     monkeypatch.delenv("GC_FREEZE", raising=False)
     kept = [object() for _ in range(10)]  # alive now: frozen, skipped by every later collection
+    monkeypatch.delenv("GIL_SWITCH_INTERVAL", raising=False)
     gctune.tune_after_startup()
     assert gc.get_threshold() == gctune.DEFAULT_THRESHOLDS
     assert gc.get_freeze_count() > len(kept)
+    assert sys.getswitchinterval() == pytest.approx(0.001)  # CPython's own is 0.005
+
+
+@pytest.mark.parametrize(("raw", "expected"), [("0.005", 0.005), ("soon", 0.001), ("0", 0.001), ("-1", 0.001)])
+def test_the_gil_switch_interval_comes_from_the_environment(
+    raw: str, expected: float, monkeypatch: pytest.MonkeyPatch, restore_gc: None
+) -> None:
+    monkeypatch.setenv("GIL_SWITCH_INTERVAL", raw)
+    monkeypatch.setenv("GC_FREEZE", "0")
+    gctune.tune_after_startup()
+    assert sys.getswitchinterval() == pytest.approx(expected)
 
 
 def test_environment_restores_cpython_defaults(monkeypatch: pytest.MonkeyPatch, restore_gc: None) -> None:
