@@ -13,7 +13,9 @@ PROBE = (
     "import django, json; django.setup(); from django.conf import settings as s; from config.celery import app;"
     "print(json.dumps({'engine': s.DATABASES['default']['ENGINE'], 'pool': 'pool' in s.DATABASES['default'].get('OPTIONS', {}),"
     "'layer': s.CHANNEL_LAYERS['default']['BACKEND'], 'eager': app.conf.task_always_eager, 'broker': s.CELERY_BROKER_URL,"
-    "'cache': s.CACHES['default']['BACKEND'], 'debug': s.DEBUG}))"
+    "'cache': s.CACHES['default']['BACKEND'], 'debug': s.DEBUG,"
+    "'server_binding': s.DATABASES['default'].get('OPTIONS', {}).get('server_side_binding', False),"
+    "'http_threads': s.HTTP_THREADS}))"
 )
 CLEAN_KEYS = (
     "DATABASE_URL",
@@ -23,6 +25,8 @@ CLEAN_KEYS = (
     "ALLOWED_HOSTS",
     "ALLOWED_ORIGINS",
     "REQUIRE_SERVICES",
+    "HTTP_THREADS",
+    "DATABASE_SERVER_SIDE_BINDING",
 )
 
 
@@ -53,6 +57,17 @@ def test_database_and_redis_urls_switch_to_postgres_pool_and_redis() -> None:
     assert got["layer"] == "config.channel_layer.PubSubChannelLayer"  # channels-redis pub/sub, batched publishes
     assert got["eager"] is False and got["broker"] == "redis://127.0.0.1:6379/0"
     assert got["cache"].endswith("RedisCache")  # type: ignore[union-attr]
+    assert got["server_binding"] is False and got["http_threads"] == 12
+
+
+def test_server_side_binding_and_the_request_threads_come_from_the_environment() -> None:
+    got = probe(
+        DATABASE_URL="postgres://u@127.0.0.1:5432/x",
+        REDIS_URL="redis://127.0.0.1:6379/0",
+        DATABASE_SERVER_SIDE_BINDING="1",
+        HTTP_THREADS="3",
+    )
+    assert got["server_binding"] is True and got["http_threads"] == 3
 
 
 def test_the_stock_channels_redis_layer_can_be_chosen_from_the_environment() -> None:
