@@ -94,9 +94,23 @@ def _events_after(tenant_id: int, after: int, upto: int | None, limit: int) -> l
     ][:limit]
 
 
+def _sync_start(tenant_id: int, since: int, limit: int) -> tuple[bool, int, list[events.Frame]]:
+    gap, head = _sync_gap(tenant_id, since)
+    return gap, head, [] if gap else _events_after(tenant_id, since, None, limit)
+
+
 DATABASE: dict[str, Callable[..., Any]] = {
     f.__name__: f
-    for f in (_authenticate, _handshake_state, _still_allowed, _conversation_exists, _read, _sync_gap, _events_after)
+    for f in (
+        _authenticate,
+        _handshake_state,
+        _still_allowed,
+        _conversation_exists,
+        _read,
+        _sync_gap,
+        _sync_start,
+        _events_after,
+    )
 }
 
 
