@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 from typing import Any
@@ -133,7 +134,7 @@ def test_a_number_with_its_own_app_secret_needs_it(client: Client, world: World)
 
 def test_it_answers_503_and_keeps_nothing_when_the_database_is_down(client: Client, world: World) -> None:
     data = payloads.body(messages=[payloads.message("messages.json", "text")])
-    with mock.patch.object(WebhookEvent.objects, "create", side_effect=OperationalError("server closed")):
+    with mock.patch("webhooks.services._store", side_effect=OperationalError("server closed")):
         response = payloads.deliver(client, data)
     assert response.status_code == 503
     assert WebhookEvent.objects.count() == 0
@@ -283,3 +284,23 @@ async def test_under_asgi_a_3mb_signed_body_is_stored_and_processed(world: World
             connection.close()  # this executor thread's connection goes back before the test database is dropped
 
     assert await sync_to_async(count)() == 1
+
+
+def test_a_stored_event_reads_back_as_it_was_written(client: Client, world: World) -> None:
+    """The raw INSERT on PostgreSQL (the ORM's save elsewhere) stores every column as the model would."""
+    data = payloads.body(messages=[payloads.message("messages.json", "text")])
+    with mock.patch("webhooks.services.webhook_enqueue"):
+        response = payloads.deliver(client, data)
+    assert response.status_code == 200
+    event = WebhookEvent.objects.get()
+    raw = payloads.encode(data)
+    assert bytes(event.raw_body) == raw
+    assert event.body_sha256 == hashlib.sha256(raw).hexdigest()
+    assert event.headers["x-hub-signature-256"] == signature_for(raw, SECRET)
+    assert (event.signature, event.state, event.attempts, event.last_error) == (
+        SignatureVerdict.VALID,
+        ProcessingState.RECEIVED,
+        0,
+        "",
+    )
+    assert event.received_at is not None and event.processed_at is None
