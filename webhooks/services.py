@@ -21,7 +21,7 @@ from django.utils import timezone
 from config import metrics
 from config.celery import app as celery_app
 from inbox.services import inbound
-from inbox.tasking import IdBatcher
+from inbox.tasking import IdBatcher, apply_with_ids
 from tenants.models import WhatsAppNumber
 from tenants.scoping import tenant_scope
 from tenants.selectors import number_for_phone_id_unsafe
@@ -103,6 +103,10 @@ _COLUMNS: tuple[str, ...] = (
     "last_error",
     "received_at",
 )
+_INSERT_SQL = (
+    f"INSERT INTO {WebhookEvent._meta.db_table} ({', '.join(_COLUMNS)})"
+    f" VALUES ({', '.join(['%s'] * len(_COLUMNS))}) RETURNING id"
+)
 
 
 def _store(event: WebhookEvent) -> WebhookEvent:
@@ -125,13 +129,9 @@ def _store(event: WebhookEvent) -> WebhookEvent:
         event.last_error,
         event.received_at,
     ]
-    statement = (
-        f"INSERT INTO {WebhookEvent._meta.db_table} ({', '.join(_COLUMNS)})"
-        f" VALUES ({', '.join(['%s'] * len(_COLUMNS))}) RETURNING id"
-    )
     connection.ensure_connection()
     with connection.wrap_database_errors, ServerCursor(connection.connection) as cursor:
-        cursor.execute(statement, values, prepare=False)  # a pooler in transaction mode keeps no prepared statements
+        cursor.execute(_INSERT_SQL, values, prepare=False)  # a pooler in transaction mode keeps no prepared statements
         row = cursor.fetchone()
     assert row is not None
     event.pk = row[0]
@@ -141,8 +141,7 @@ def _store(event: WebhookEvent) -> WebhookEvent:
 
 
 def _publish_batch(event_ids: list[int]) -> None:
-    from inbox.tasking import apply_with_ids
-    from webhooks.tasks import webhook_process_many
+    from webhooks.tasks import webhook_process_many  # the tasks module imports this one
 
     apply_with_ids(webhook_process_many, {"event_ids": event_ids}, retry=False)
 
