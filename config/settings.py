@@ -118,6 +118,14 @@ MIDDLEWARE = [
     # each cost a hop to the request thread and back (MiddlewareMixin.__acall__) on every request.
     "tenants.middleware.AdminScopesDisabledMiddleware",
 ]
+# Machine-to-machine paths: no cookie comes in, no page goes out. Under Daphne (config/http.py) they skip the page
+# middleware above; the request id, the security headers and the Host check (CommonMiddleware) still apply.
+LEAN_PATH_PREFIXES = ("/webhooks/", "/healthz", "/readyz", "/metrics")
+LEAN_MIDDLEWARE = [
+    "config.observability.RequestIdMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "django.middleware.common.CommonMiddleware",
+]
 
 ROOT_URLCONF = "config.urls"
 TEMPLATES = [

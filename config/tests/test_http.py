@@ -16,7 +16,7 @@ from django.urls import path
 from config.http import OneHopASGIHandler, RequestThreads
 
 
-def _scope(path: str, method: str = "GET") -> dict[str, Any]:
+def _scope(path: str, method: str = "GET", headers: list[tuple[bytes, bytes]] | None = None) -> dict[str, Any]:
     return {
         "type": "http",
         "asgi": {"version": "3.0"},
@@ -27,15 +27,21 @@ def _scope(path: str, method: str = "GET") -> dict[str, Any]:
         "raw_path": path.encode(),
         "query_string": b"",
         "root_path": "",
-        "headers": [(b"host", b"testserver")],
+        "headers": [(b"host", b"testserver"), *(headers or [])],
         "client": ("127.0.0.1", 50000),
         "server": ("testserver", 80),
     }
 
 
-async def _request(application: Any, path: str, method: str = "GET") -> tuple[int, dict[bytes, bytes], bytes]:
-    communicator = ApplicationCommunicator(application, _scope(path, method))
-    await communicator.send_input({"type": "http.request", "body": b"", "more_body": False})
+async def _request(
+    application: Any,
+    path: str,
+    method: str = "GET",
+    body: bytes = b"",
+    headers: list[tuple[bytes, bytes]] | None = None,
+) -> tuple[int, dict[bytes, bytes], bytes]:
+    communicator = ApplicationCommunicator(application, _scope(path, method, headers))
+    await communicator.send_input({"type": "http.request", "body": body, "more_body": False})
     start = await communicator.receive_output(5)
     body = b""
     while True:
@@ -95,6 +101,74 @@ async def test_unknown_paths_and_api_errors_are_answered_as_before() -> None:
     assert status in (401, 403, 404)
     assert headers[b"Content-Type"].startswith(b"application/json")
     assert "detail" in json.loads(body) or "error" in json.loads(body)
+
+
+# --- the lean chain of machine-to-machine paths ------------------------------------------------------------------------
+
+
+def _handler() -> OneHopASGIHandler:
+    from config.asgi import django_asgi_app
+
+    return getattr(django_asgi_app, "application", django_asgi_app)  # type: ignore[no-any-return]
+
+
+def test_machine_paths_get_the_lean_chain_and_everything_else_the_full_one(settings: Any) -> None:
+    from django.conf import settings as live
+
+    handler = _handler()
+    for path_info in ("/webhooks/whatsapp/", "/healthz", "/readyz", "/metrics"):
+        assert handler.chain_for(path_info) is handler.lean, path_info
+    for path_info in ("/", "/accounts/login/", "/api/tenants/", "/admin/", "/t/acme/", "/webhook"):
+        assert handler.chain_for(path_info) is handler, path_info
+    assert live.MIDDLEWARE != live.LEAN_MIDDLEWARE  # building the lean chain left the project's list as it was
+    assert "django.contrib.sessions.middleware.SessionMiddleware" in live.MIDDLEWARE
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_health_check_skips_the_page_middleware_and_a_page_does_not() -> None:
+    from config.asgi import application
+
+    status, headers, _ = await _request(application, "/healthz", headers=[(b"x-request-id", b"probe-1")])
+    assert status == 200
+    assert headers[b"X-Request-ID"] == b"probe-1"  # the request id, security headers: still there
+    assert headers[b"X-Content-Type-Options"] == b"nosniff"
+    assert b"Content-Security-Policy" not in headers and b"X-Frame-Options" not in headers
+    assert b"Vary" not in headers  # no session or htmx middleware looked at the request
+
+    status, headers, _ = await _request(application, "/accounts/login/")
+    assert status == 200
+    assert b"Content-Security-Policy" in headers and headers[b"X-Frame-Options"] == b"DENY"
+    assert b"X-Request-ID" in headers
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_meta_s_webhook_is_received_and_refused_through_the_lean_chain(settings: Any) -> None:
+    from asgiref.sync import sync_to_async
+
+    from config.asgi import application
+    from webhooks.models import ProcessingState, WebhookEvent
+    from webhooks.parsers import signature_for
+    from webhooks.tests import payloads
+
+    settings.WHATSAPP_APP_SECRET = "lean-secret"
+    raw = payloads.encode(payloads.body(messages=[payloads.message("messages.json", "text")]))
+    json_type = (b"content-type", b"application/json")
+
+    status, headers, _ = await _request(
+        application, payloads.URL, "POST", raw, [json_type, (b"x-hub-signature-256", b"sha256=" + b"0" * 64)]
+    )
+    assert status == 403
+    assert b"Set-Cookie" not in headers and b"Content-Security-Policy" not in headers
+    signature = signature_for(raw, "lean-secret").encode()
+    status, headers, body = await _request(
+        application, payloads.URL, "POST", raw, [json_type, (b"x-hub-signature-256", signature)]
+    )
+    assert status == 200 and b"X-Request-ID" in headers
+
+    states = await sync_to_async(lambda: sorted(WebhookEvent.objects.values_list("state", flat=True)))()
+    assert len(states) == 2 and ProcessingState.REJECTED in states  # both stored, the forged one marked rejected
+    stored = await sync_to_async(lambda: bytes(WebhookEvent.objects.exclude(state=ProcessingState.REJECTED).get().raw_body))()
+    assert stored == raw
 
 
 # --- request threads ------------------------------------------------------------------------------------------------
