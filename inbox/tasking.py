@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import atexit
 import logging
+import math
 import os
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -48,14 +50,20 @@ class IdBatcher:
     """Hands ids to `send` (one broker publish for a list of them) from a thread of its own, in batches.
 
     The first id after a quiet moment goes at once; ids that arrive while a batch is being published wait for the
-    next one (at most `max_batch` each). The caller returns without waiting for the broker: what is added must
+    next one (at most `max_batch` each). With `linger`, a batch never follows the previous one sooner than `linger`
+    seconds after it went out (unless `max_batch` ids are waiting): ids that come in a steady stream share a publish
+    instead of each paying for one, at the cost of up to `linger` of delay, while an id after a pause longer than
+    `linger` still goes at once. The caller returns without waiting for the broker: what is added must
     already be safe elsewhere (committed, with a sweeper that re-enqueues what a crash lost before it went out).
     A publish that fails is logged and its ids left to that sweeper.
     """
 
-    def __init__(self, send: Callable[[list[int]], Any], *, max_batch: int = 20, name: str = "id-batcher") -> None:
+    def __init__(
+        self, send: Callable[[list[int]], Any], *, max_batch: int = 20, linger: float = 0.0, name: str = "id-batcher"
+    ) -> None:
         self.send = send
         self.max_batch = max_batch
+        self.linger = linger
         self.name = name
         self._reset()
         os.register_at_fork(after_in_child=self._reset)  # a forked child has the state but not the thread
@@ -65,6 +73,7 @@ class IdBatcher:
         self._lock = threading.Condition()
         self._pending: list[int] = []
         self._busy = False
+        self._sent_at = -math.inf  # time.monotonic() when the last batch went out
         self._thread: threading.Thread | None = None
 
     def add(self, item: int) -> None:
@@ -84,6 +93,9 @@ class IdBatcher:
         while True:
             with self._lock:
                 self._lock.wait_for(lambda: bool(self._pending))
+                gather = self._sent_at + self.linger - time.monotonic()
+                if gather > 0:  # the previous batch went out moments ago: let this one fill for the rest of linger
+                    self._lock.wait_for(lambda: len(self._pending) >= self.max_batch, gather)
                 batch, self._pending[: self.max_batch] = self._pending[: self.max_batch], []
                 self._busy = True
             try:
@@ -93,4 +105,5 @@ class IdBatcher:
             finally:
                 with self._lock:
                     self._busy = False
+                    self._sent_at = time.monotonic()
                     self._lock.notify_all()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -80,3 +81,46 @@ def test_a_failed_publish_is_logged_and_the_next_ids_still_go(caplog: pytest.Log
     assert batcher.idle(5)
     assert sent == [[2]]
     assert "could not publish [1]; left to the sweeper" in caplog.text
+
+
+def test_with_linger_ids_in_a_steady_stream_share_a_publish_and_one_after_a_pause_goes_at_once() -> None:
+    sent: list[tuple[list[int], float]] = []
+    published = threading.Semaphore(0)
+
+    def send(ids: list[int]) -> None:
+        sent.append((ids, time.monotonic()))
+        published.release()
+
+    batcher = IdBatcher(send, max_batch=20, linger=0.3, name="test-batcher")
+    start = time.monotonic()
+    batcher.add(1)
+    assert published.acquire(timeout=5)
+    assert sent[0][1] - start < 0.3  # the first id after a quiet moment did not linger
+    for item in (2, 3, 4):  # a stream right behind it: gathered until linger after the first publish
+        batcher.add(item)
+    assert published.acquire(timeout=5)
+    assert sent[1][0] == [2, 3, 4]
+    assert sent[1][1] - sent[0][1] >= 0.29
+    time.sleep(0.35)  # a pause longer than linger
+    paused = time.monotonic()
+    batcher.add(5)
+    assert published.acquire(timeout=5)
+    assert sent[2][0] == [5] and sent[2][1] - paused < 0.3
+    assert batcher.idle(5)
+
+
+def test_with_linger_a_full_batch_goes_without_waiting() -> None:
+    sent: list[list[int]] = []
+    published = threading.Semaphore(0)
+
+    def send(ids: list[int]) -> None:
+        sent.append(ids)
+        published.release()
+
+    batcher = IdBatcher(send, max_batch=3, linger=60.0, name="test-batcher")  # a wait would outlast the test
+    batcher.add(1)
+    assert published.acquire(timeout=5)
+    for item in (2, 3, 4):
+        batcher.add(item)
+    assert published.acquire(timeout=5)
+    assert sent == [[1], [2, 3, 4]]
