@@ -143,7 +143,7 @@ async def test_a_health_check_skips_the_page_middleware_and_a_page_does_not() ->
 
 @pytest.mark.django_db(transaction=True)
 async def test_meta_s_webhook_is_received_and_refused_through_the_lean_chain(settings: Any) -> None:
-    from asgiref.sync import sync_to_async
+    from channels.db import database_sync_to_async
 
     from config.asgi import application
     from webhooks.models import ProcessingState, WebhookEvent
@@ -165,9 +165,12 @@ async def test_meta_s_webhook_is_received_and_refused_through_the_lean_chain(set
     )
     assert status == 200 and b"X-Request-ID" in headers
 
-    states = await sync_to_async(lambda: sorted(WebhookEvent.objects.values_list("state", flat=True)))()
+    # (database_sync_to_async: the thread's connection goes back to the pool, which the test database's teardown needs)
+    states = await database_sync_to_async(lambda: sorted(WebhookEvent.objects.values_list("state", flat=True)))()
     assert len(states) == 2 and ProcessingState.REJECTED in states  # both stored, the forged one marked rejected
-    stored = await sync_to_async(lambda: bytes(WebhookEvent.objects.exclude(state=ProcessingState.REJECTED).get().raw_body))()
+    stored = await database_sync_to_async(
+        lambda: bytes(WebhookEvent.objects.exclude(state=ProcessingState.REJECTED).get().raw_body)
+    )()
     assert stored == raw
 
 
