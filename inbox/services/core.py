@@ -110,10 +110,35 @@ def message_append(*, conversation: Conversation, message: Message) -> Message:
     Precondition: inside transaction.atomic() with the conversation locked (conversation_open_or_get).
     An inbound message reopens a resolved conversation and restarts the 24-hour window (by Meta's timestamp).
     """
+    _append(conversation, message, once=False)
+    return message
+
+
+def message_append_once(*, conversation: Conversation, message: Message) -> bool:
+    """message_append for a message with a wamid, unless its number has a message with that wamid already (a
+    concurrent copy, Meta redelivering, that committed first): then nothing is written or logged and it returns False.
+
+    Same precondition as message_append. On PostgreSQL the INSERT skips the row on the wamid's unique index
+    (ON CONFLICT … DO NOTHING) instead of failing, so no savepoint has to guard it (two statements less per
+    message); elsewhere, and when a model signal makes it save(), a savepoint catches the IntegrityError.
+    """
+    target = _written_out(message)
+    if target is None or target[2].vendor != "postgresql":
+        try:
+            with transaction.atomic():
+                message_append(conversation=conversation, message=message)
+        except IntegrityError:
+            return False
+        return True
+    return _append(conversation, message, once=True)
+
+
+def _append(conversation: Conversation, message: Message, *, once: bool) -> bool:
     message.tenant_id = conversation.tenant_id
     message.conversation = conversation
     message.number_id = conversation.number_id
-    _insert(message)
+    if not _insert(message, on_wamid_conflict_skip=once):
+        return False
     fields = ["updated_at"]
     if conversation.last_message_at is None or message.wa_timestamp >= conversation.last_message_at:
         conversation.last_message = message
@@ -140,7 +165,7 @@ def message_append(*, conversation: Conversation, message: Message) -> Message:
         conversation.tenant_id, [(events.MESSAGE_NEW, data, conversation.pk), _conversation_item(conversation)]
     )
     message._message_new_data = data  # type: ignore[attr-defined]  # the REST API answers with it (outbound)
-    return message
+    return True
 
 
 def _written_out(instance: Message | Conversation) -> tuple[Any, str, Any, Any] | None:
@@ -154,14 +179,16 @@ def _written_out(instance: Message | Conversation) -> tuple[Any, str, Any, Any] 
     return instance._meta, db, connection, connection.ops.quote_name
 
 
-def _insert(instance: Message) -> None:
+def _insert(instance: Message, *, on_wamid_conflict_skip: bool = False) -> bool:
     """instance.save(force_insert=True) written out: the ORM's compilation of the ~35-column INSERT cost more CPU
     than the statement. Values prepared by the model's own fields (pre_save, get_db_prep_save), the new id read
-    back."""
+    back. on_wamid_conflict_skip (PostgreSQL, no signal receivers: message_append_once): a row with the same
+    (number, wamid) makes it write nothing and return False instead of raising IntegrityError."""
     target = _written_out(instance)
     if target is None:
+        assert not on_wamid_conflict_skip
         instance.save(force_insert=True)
-        return
+        return True
     meta, db, connection, qn = target
     fields = [f for f in meta.local_concrete_fields if f is not meta.auto_field]
     params = [f.get_db_prep_save(f.pre_save(instance, True), connection) for f in fields]
@@ -169,14 +196,24 @@ def _insert(instance: Message) -> None:
         f"INSERT INTO {qn(meta.db_table)} ({', '.join(qn(f.column) for f in fields)})"
         f" VALUES ({', '.join(['%s'] * len(fields))})"
     )
+    if on_wamid_conflict_skip:
+        # The arbiter is the partial unique index message_wamid_uniq only: any other violation still raises.
+        sql += f" ON CONFLICT ({qn('number_id')}, {qn('wa_message_id')}) WHERE {qn('wa_message_id')} IS NOT NULL DO NOTHING"
     returning = connection.features.can_return_columns_from_insert
     if returning:
         sql += f" RETURNING {qn(meta.pk.column)}"
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
-        instance.pk = cursor.fetchone()[0] if returning else cursor.lastrowid
+        if returning:
+            row = cursor.fetchone()
+            if row is None:
+                return False  # on_wamid_conflict_skip: the number has this wamid already
+            instance.pk = row[0]
+        else:
+            instance.pk = cursor.lastrowid
     instance._state.adding = False
     instance._state.db = db
+    return True
 
 
 def _update(instance: Conversation, names: list[str]) -> None:

@@ -7,12 +7,15 @@ status never moves backwards, and a status for a wamid we have not stored yet wa
 
 from __future__ import annotations
 
+import functools
 import logging
 from datetime import datetime
 
-from django.db import IntegrityError, transaction
+from django.db import connections, router, transaction
 from django.db.models import Q
+from django_scopes import get_scope
 
+from accounts.models import User
 from inbox.models import (
     Contact,
     Conversation,
@@ -28,14 +31,15 @@ from inbox.services.core import (
     contact_upsert,
     conversation_emit,
     conversation_open_or_get,
-    message_append,
+    message_append_once,
     message_emit_new,
     message_status_set,
 )
 from inbox.status import StatusError
 from inbox.tasking import enqueue_on_commit
 from tenants.models import Tenant, WhatsAppNumber
-from tenants.scoping import tenant_scope
+from tenants.scoping import ScopeError, tenant_scope
+from tenants.selectors import model_from_row, row_columns
 from webhooks.parsers import ErrorInfo, InboundMessage, InboundStatus
 
 logger = logging.getLogger(__name__)
@@ -83,12 +87,10 @@ def message_receive(*, tenant: Tenant, number: WhatsAppNumber, inbound: InboundM
 
 @transaction.atomic
 def _message_store(*, tenant: Tenant, number: WhatsAppNumber, inbound: InboundMessage) -> Message:
-    existing_pk = (
-        Message.objects.filter(number=number, wa_message_id=inbound.wa_message_id).values_list("pk", flat=True).first()
-    )
+    existing_pk = _wamid_stored(tenant=tenant, number=number, wa_message_id=inbound.wa_message_id)
     if existing_pk is not None:
         return Message.objects.get(pk=existing_pk)  # Meta redelivered it
-    conversation = _conversation_locked_fast(number=number, inbound=inbound)
+    conversation = _conversation_locked_fast(tenant=tenant, number=number, inbound=inbound)
     if conversation is None:  # a new contact, a new thread, or a contact whose details change: the full path
         contact = contact_upsert(
             tenant=tenant, wa_id=inbound.from_wa_id, bsuid=inbound.from_bsuid, profile_name=inbound.profile_name
@@ -122,10 +124,7 @@ def _message_store(*, tenant: Tenant, number: WhatsAppNumber, inbound: InboundMe
         message.media_state = MediaState.PENDING if inbound.media.id else MediaState.FAILED
         if not inbound.media.id:
             message.media_error = "Meta sent no media id"
-    try:
-        with transaction.atomic():
-            message_append(conversation=conversation, message=message)
-    except IntegrityError:
+    if not message_append_once(conversation=conversation, message=message):
         # Lost a race on the wamid unique constraint: the other copy is the message.
         return Message.objects.get(number=number, wa_message_id=inbound.wa_message_id)
     if inbound.type == "system":
@@ -137,29 +136,91 @@ def _message_store(*, tenant: Tenant, number: WhatsAppNumber, inbound: InboundMe
     return message
 
 
-def _conversation_locked_fast(*, number: WhatsAppNumber, inbound: InboundMessage) -> Conversation | None:
+def _scope_check() -> None:
+    """The scoped managers' precondition, for the hand-written reads below: a tenant scope (or scopes_disabled())
+    is active. They filter by the caller's tenant themselves, which is the scope's (webhook processing enters it)."""
+    current = get_scope()
+    if current.get("_enabled", True) and "tenant" not in current:
+        raise ScopeError("A scope on dimension(s) tenant needs to be active for this query.")
+
+
+def _wamid_stored(*, tenant: Tenant, number: WhatsAppNumber, wa_message_id: str) -> int | None:
+    """The id of the message with this wamid on this number, if stored: what
+    Message.objects.filter(number=..., wa_message_id=...).values_list("pk", flat=True).first() answers, without its
+    ORM compilation (every inbound message asks)."""
+    _scope_check()
+    db = router.db_for_read(Message)
+    with connections[db].cursor() as cursor:
+        cursor.execute(_wamid_sql(db), [tenant.pk, number.pk, wa_message_id])
+        row = cursor.fetchone()
+    return None if row is None else int(row[0])
+
+
+@functools.cache
+def _wamid_sql(db: str) -> str:
+    qn = connections[db].ops.quote_name
+    return (
+        f"SELECT m.{qn('id')} FROM {qn(Message._meta.db_table)} m"
+        f" WHERE m.{qn('tenant_id')} = %s AND m.{qn('number_id')} = %s AND m.{qn('wa_message_id')} = %s"
+        f" ORDER BY m.{qn('id')} LIMIT 1"
+    )
+
+
+def _conversation_locked_fast(
+    *, tenant: Tenant, number: WhatsAppNumber, inbound: InboundMessage
+) -> Conversation | None:
     """The common case in one statement: the contact exists, its details are unchanged, and so is its thread.
 
     Returns the conversation locked (as conversation_open_or_get does) with its contact and assignee loaded, or None
     when contact_upsert would create or change something (then the caller takes the full path). wa_id and bsuid are
     each unique per tenant, so the contact matched here is the one contact_upsert would find.
+
+    The statement is written out (the instances built as select_related builds them): the ORM's compilation of the
+    locked three-table join cost more CPU than running it, on every inbound message.
     """
     wa_id, bsuid = inbound.from_wa_id, inbound.from_bsuid
     if not wa_id and not bsuid:
         return None  # contact_upsert raises the ValidationError
-    match = Q(contact__wa_id=wa_id) if wa_id else Q(contact__bsuid=bsuid)
-    conversation = (
-        Conversation.objects.select_for_update(of=("self",))
-        .select_related("contact", "assignee")
-        .filter(match, number=number)
-        .first()
-    )
-    if conversation is None:
+    _scope_check()
+    db = router.db_for_write(Conversation)
+    connection = connections[db]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _conversation_locked_sql(db, "wa_id" if wa_id else "bsuid"), [tenant.pk, number.pk, wa_id or bsuid]
+        )
+        row = cursor.fetchone()
+    if row is None:
         return None
-    contact = conversation.contact
+    conversation: Conversation
+    conversation, at = model_from_row(Conversation, row, 0, db)
+    contact, at = model_from_row(Contact, row, at, db)
+    assignee = None
+    if row[at] is not None:
+        assignee, _ = model_from_row(User, row, at, db)
+    Conversation.contact.field.set_cached_value(conversation, contact)
+    Conversation.assignee.field.set_cached_value(conversation, assignee)
     if (bsuid and contact.bsuid != bsuid) or (inbound.profile_name and contact.profile_name != inbound.profile_name):
         return None
     return conversation
+
+
+@functools.cache
+def _conversation_locked_sql(db: str, contact_key: str) -> str:
+    """Conversation.objects.select_for_update(of=("self",)).select_related("contact", "assignee")
+    .filter(contact__<contact_key>=..., number=...).first() in the tenant's scope."""
+    connection = connections[db]
+    qn = connection.ops.quote_name
+    lock = ""
+    if connection.features.has_select_for_update:
+        lock = f" FOR UPDATE OF {qn('c')}" if connection.features.has_select_for_update_of else " FOR UPDATE"
+    return (
+        f"SELECT {row_columns(Conversation, 'c', db)}, {row_columns(Contact, 'ct', db)}, {row_columns(User, 'a', db)}"
+        f" FROM {qn(Conversation._meta.db_table)} c"
+        f" INNER JOIN {qn(Contact._meta.db_table)} ct ON ct.{qn('id')} = c.{qn('contact_id')}"
+        f" LEFT OUTER JOIN {qn(User._meta.db_table)} a ON a.{qn('id')} = c.{qn('assignee_id')}"
+        f" WHERE c.{qn('tenant_id')} = %s AND c.{qn('number_id')} = %s AND ct.{qn(contact_key)} = %s"
+        f" ORDER BY c.{qn('id')} LIMIT 1{lock}"
+    )
 
 
 def _system_apply(*, contact: Contact, inbound: InboundMessage) -> None:
