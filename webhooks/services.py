@@ -24,7 +24,7 @@ from config.celery import app as celery_app
 from inbox.services import inbound
 from inbox.tasking import IdBatcher, apply_with_ids
 from tenants.models import WhatsAppNumber
-from tenants.scoping import tenant_scope
+from tenants.scoping import scopes_disabled, tenant_scope
 from tenants.selectors import model_from_row, number_for_phone_id_unsafe
 from webhooks.models import ProcessingState, SignatureVerdict, WebhookEvent
 from webhooks.parsers import Change, ParseError, parse_body, phone_number_ids_lenient, signature_valid
@@ -240,7 +240,11 @@ def webhook_process(event_id: int) -> WebhookEvent | None:
     Idempotent (wamid uniqueness, monotonic statuses), so running it again, or concurrently with a copy of the same
     body, changes nothing twice. Ends processed, or failed with the reason (re-runnable with webhook_reprocess).
     """
-    event = _claim(event_id)
+    # The claim and the final UPDATE touch no tenant's rows; they run with scopes disabled, the setting the number
+    # route between them needs too, so a message changes the connection's row-level-security settings twice (into
+    # its tenant and back) instead of three times: one round trip to PostgreSQL less per message.
+    with scopes_disabled():
+        event = _claim(event_id)
     if event is None:
         return None
     raw_body = bytes(event.raw_body)
@@ -265,7 +269,8 @@ def webhook_process(event_id: int) -> WebhookEvent | None:
     event.processed_at = timezone.now()
     metrics.WEBHOOK_LAG.observe(max(0.0, (event.processed_at - event.received_at).total_seconds()))
     # The instance is current (claimed and loaded by one statement, changed only here): no re-read.
-    _finish(event)
+    with scopes_disabled():
+        _finish(event)
     return event
 
 

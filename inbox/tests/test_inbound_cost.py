@@ -89,6 +89,20 @@ def test_it_stores_a_message_in_a_known_thread_in_8_statements_without_a_savepoi
         assert Message.objects.filter(tenant=world.acme, wa_message_id="wamid.IC2").count() == 1
 
 
+@pytest.mark.skipif(not POSTGRES, reason="row-level security settings exist on PostgreSQL only")
+def test_a_message_changes_the_connection_s_scope_settings_twice(world: World) -> None:
+    """Into its tenant and back out: the claim, the number route and the final UPDATE share one setting (bypass)."""
+    webhook_process(_store(payloads.body(messages=[_text("wamid.SC1")])))
+    ids = [_store(payloads.body(messages=[_text(f"wamid.SC{i}")])) for i in (2, 3, 4)]
+
+    sent = connection.rls_settings_sent  # type: ignore[attr-defined]
+    events = [webhook_process(event_id) for event_id in ids]
+
+    assert [e.state for e in events if e is not None] == [ProcessingState.PROCESSED] * 3
+    # Bypass once before the first claim (the test stored the events with no scope), then two per message.
+    assert connection.rls_settings_sent - sent == 1 + 2 * 3  # type: ignore[attr-defined]
+
+
 def test_it_stores_a_redelivered_wamid_once_with_one_event(world: World) -> None:
     first = webhook_process(_store(payloads.body(messages=[_text("wamid.TWICE")])))
     again = webhook_process(_store(payloads.body(messages=[_text("wamid.TWICE", text="changed")])))
