@@ -6,6 +6,7 @@ message_append_once): none of them caches anything across messages, so a moved o
 
 from __future__ import annotations
 
+import functools
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,8 +22,8 @@ from inbox.tests.fixtures import World
 from tenants.models import WhatsAppNumber
 from tenants.scoping import ScopeError, scopes_disabled, tenant_scope
 from tenants.selectors import number_for_phone_id_unsafe
-from webhooks.models import ProcessingState, SignatureVerdict, WebhookEvent
-from webhooks.parsers import InboundMessage, signature_for
+from webhooks.models import ProcessingState
+from webhooks.parsers import InboundMessage
 from webhooks.services import webhook_process
 from webhooks.tests import payloads
 
@@ -38,19 +39,8 @@ def _secrets(settings: Any) -> None:
     settings.WHATSAPP_APP_SECRET = SECRET
 
 
-def _text(wamid: str, *, text: str = "hello") -> dict[str, Any]:
-    return {"from": WA_ID, "id": wamid, "timestamp": "1764288000", "type": "text", "text": {"body": text}}
-
-
-def _store(data: dict[str, Any]) -> int:
-    body = payloads.encode(data)
-    event = WebhookEvent.objects.create(
-        raw_body=body,
-        body_sha256="0" * 64,
-        headers={"x-hub-signature-256": signature_for(body, SECRET)},
-        signature=SignatureVerdict.VALID,
-    )
-    return event.pk
+_text = functools.partial(payloads.text_message, wa_id=WA_ID)
+_store = functools.partial(payloads.stored, secret=SECRET)
 
 
 def _inbound(wamid: str, *, wa_id: str = WA_ID, profile_name: str = "Maria Schmidt") -> InboundMessage:

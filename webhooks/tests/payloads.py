@@ -73,3 +73,22 @@ def post(client: Client, raw_body: bytes, *, secret: str | None = None, signatur
 
 def deliver(client: Client, data: dict[str, Any], **kwargs: Any) -> HttpResponse:
     return post(client, encode(data), **kwargs)
+
+
+def text_message(wamid: str, *, wa_id: str, text: str = "hello") -> dict[str, Any]:
+    """A minimal inbound text message as it sits in a body's `messages` list."""
+    return {"from": wa_id, "id": wamid, "timestamp": "1764288000", "type": "text", "text": {"body": text}}
+
+
+def stored(data: dict[str, Any], secret: str) -> int:
+    """Store a body as the webhook view would have (signed with `secret`, not yet processed); returns its id."""
+    from webhooks.models import SignatureVerdict, WebhookEvent
+
+    raw_body = encode(data)
+    event = WebhookEvent.objects.create(
+        raw_body=raw_body,
+        body_sha256="0" * 64,
+        headers={"x-hub-signature-256": signature_for(raw_body, secret)},
+        signature=SignatureVerdict.VALID,
+    )
+    return event.pk

@@ -19,8 +19,7 @@ from inbox.models import Contact, Message, TenantEvent
 from inbox.services import inbound
 from inbox.tests.fixtures import World
 from tenants.scoping import scopes_disabled
-from webhooks.models import ProcessingState, SignatureVerdict, WebhookEvent
-from webhooks.parsers import signature_for
+from webhooks.models import ProcessingState, WebhookEvent
 from webhooks.services import webhook_process
 from webhooks.tests import payloads
 
@@ -39,18 +38,11 @@ def _secrets(settings: Any) -> None:
 
 
 def _text(wamid: str, *, text: str = "hello") -> dict[str, Any]:
-    return {"from": WA_ID, "id": wamid, "timestamp": "1764288000", "type": "text", "text": {"body": text}}
+    return payloads.text_message(wamid, wa_id=WA_ID, text=text)
 
 
 def _store(data: dict[str, Any]) -> int:
-    body = payloads.encode(data)
-    event = WebhookEvent.objects.create(
-        raw_body=body,
-        body_sha256="0" * 64,
-        headers={"x-hub-signature-256": signature_for(body, SECRET)},
-        signature=SignatureVerdict.VALID,
-    )
-    return event.pk
+    return payloads.stored(data, SECRET)
 
 
 def _statements(ctx: CaptureQueriesContext) -> list[str]:
