@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Final
 
@@ -17,6 +18,7 @@ from inbox.serializers import conversation_data, message_data
 from inbox.status import StatusError, status_apply
 from inbox.tasking import enqueue_on_commit
 from tenants.models import Membership, Tenant, WhatsAppNumber
+from tenants.selectors import model_from_row
 
 
 class _Unset:
@@ -166,6 +168,16 @@ def _append(conversation: Conversation, message: Message, *, once: bool) -> bool
     )
     message._message_new_data = data  # type: ignore[attr-defined]  # the REST API answers with it (outbound)
     return True
+
+
+def conversation_people_from_row(conversation: Conversation, row: Sequence[Any], at: int, db: str) -> None:
+    """The contact and the (LEFT JOINed, possibly NULL) assignee of a hand-written conversation read, from row[at:]
+    (row_columns of Contact, then of User), cached on the conversation as select_related("contact", "assignee")
+    would have."""
+    contact, at = model_from_row(Contact, row, at, db)
+    assignee = model_from_row(User, row, at, db)[0] if row[at] is not None else None
+    Conversation.contact.field.set_cached_value(conversation, contact)
+    Conversation.assignee.field.set_cached_value(conversation, assignee)
 
 
 def _written_out(instance: Message | Conversation) -> tuple[Any, str, Any, Any] | None:

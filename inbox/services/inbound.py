@@ -31,6 +31,7 @@ from inbox.services.core import (
     contact_upsert,
     conversation_emit,
     conversation_open_or_get,
+    conversation_people_from_row,
     message_append_once,
     message_emit_new,
     message_status_set,
@@ -193,12 +194,8 @@ def _conversation_locked_fast(
         return None
     conversation: Conversation
     conversation, at = model_from_row(Conversation, row, 0, db)
-    contact, at = model_from_row(Contact, row, at, db)
-    assignee = None
-    if row[at] is not None:
-        assignee, _ = model_from_row(User, row, at, db)
-    Conversation.contact.field.set_cached_value(conversation, contact)
-    Conversation.assignee.field.set_cached_value(conversation, assignee)
+    conversation_people_from_row(conversation, row, at, db)
+    contact = conversation.contact
     if (bsuid and contact.bsuid != bsuid) or (inbound.profile_name and contact.profile_name != inbound.profile_name):
         return None
     return conversation

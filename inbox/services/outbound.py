@@ -39,7 +39,13 @@ from inbox.models import (
     SendState,
 )
 from inbox.serializers import message_data
-from inbox.services.core import message_append, message_emit_new, message_status_emit, message_status_set
+from inbox.services.core import (
+    conversation_people_from_row,
+    message_append,
+    message_emit_new,
+    message_status_emit,
+    message_status_set,
+)
 from inbox.services.inbound import pending_statuses_apply
 from inbox.services.media import media_check
 from inbox.tasking import enqueue_on_commit
@@ -227,13 +233,8 @@ def _conversation_lock(*, tenant: Tenant, pk: int, client_id: str | None) -> tup
         raise Http404("No such conversation")
     conversation, at = model_from_row(Conversation, row, 0, db)
     number, at = model_from_row(WhatsAppNumber, row, at, db)
-    contact, at = model_from_row(Contact, row, at, db)
-    assignee = None
-    if row[at] is not None:
-        assignee, _ = model_from_row(User, row, at, db)
     Conversation.number.field.set_cached_value(conversation, number)
-    Conversation.contact.field.set_cached_value(conversation, contact)
-    Conversation.assignee.field.set_cached_value(conversation, assignee)
+    conversation_people_from_row(conversation, row, at, db)
     return conversation, (row[-1] if client_id else None)
 
 
