@@ -139,21 +139,24 @@ def _append(conversation: Conversation, message: Message, *, once: bool) -> bool
     message.tenant_id = conversation.tenant_id
     message.conversation = conversation
     message.number_id = conversation.number_id
-    if not _insert(message, on_wamid_conflict_skip=once):
-        return False
-    fields = ["updated_at"]
+    changes: dict[str, Any] = {}
     if conversation.last_message_at is None or message.wa_timestamp >= conversation.last_message_at:
-        conversation.last_message = message
-        conversation.last_message_at = message.wa_timestamp
-        fields += ["last_message", "last_message_at"]
+        changes["last_message"] = message
+        changes["last_message_at"] = message.wa_timestamp
     if message.direction == Direction.INBOUND:
         if conversation.last_inbound_at is None or message.wa_timestamp > conversation.last_inbound_at:
-            conversation.last_inbound_at = message.wa_timestamp
-            fields.append("last_inbound_at")
+            changes["last_inbound_at"] = message.wa_timestamp
         if conversation.status == ConversationStatus.RESOLVED:
-            conversation.status = ConversationStatus.OPEN
-            fields.append("status")
-    _update(conversation, fields)
+            changes["status"] = ConversationStatus.OPEN
+    merged = _insert_updating(message, conversation, changes, on_wamid_conflict_skip=once)
+    if merged is False:
+        return False
+    if merged is None:  # not written out together: the INSERT, then the conversation's UPDATE
+        if not _insert(message, on_wamid_conflict_skip=once):
+            return False
+        for name, value in changes.items():
+            setattr(conversation, name, value)
+        _update(conversation, ["updated_at", *changes])
     # Both objects are current (the conversation is locked and was just saved; the message was just inserted), so
     # they are serialised as they are instead of being read back. A new message has no reactions yet: an empty
     # result, cached as prefetch_related caches one (the base manager: the scoped default one would add, and
@@ -202,15 +205,7 @@ def _insert(instance: Message, *, on_wamid_conflict_skip: bool = False) -> bool:
         instance.save(force_insert=True)
         return True
     meta, db, connection, qn = target
-    fields = [f for f in meta.local_concrete_fields if f is not meta.auto_field]
-    params = [f.get_db_prep_save(f.pre_save(instance, True), connection) for f in fields]
-    sql = (
-        f"INSERT INTO {qn(meta.db_table)} ({', '.join(qn(f.column) for f in fields)})"
-        f" VALUES ({', '.join(['%s'] * len(fields))})"
-    )
-    if on_wamid_conflict_skip:
-        # The arbiter is the partial unique index message_wamid_uniq only: any other violation still raises.
-        sql += f" ON CONFLICT ({qn('number_id')}, {qn('wa_message_id')}) WHERE {qn('wa_message_id')} IS NOT NULL DO NOTHING"
+    sql, params = _insert_sql(instance, connection, on_wamid_conflict_skip=on_wamid_conflict_skip)
     returning = connection.features.can_return_columns_from_insert
     if returning:
         sql += f" RETURNING {qn(meta.pk.column)}"
@@ -225,6 +220,69 @@ def _insert(instance: Message, *, on_wamid_conflict_skip: bool = False) -> bool:
             instance.pk = cursor.lastrowid
     instance._state.adding = False
     instance._state.db = db
+    return True
+
+
+def _insert_sql(instance: Message, connection: Any, *, on_wamid_conflict_skip: bool) -> tuple[str, list[Any]]:
+    meta = instance._meta
+    qn = connection.ops.quote_name
+    fields = [f for f in meta.local_concrete_fields if f is not meta.auto_field]
+    params = [f.get_db_prep_save(f.pre_save(instance, True), connection) for f in fields]
+    sql = (
+        f"INSERT INTO {qn(meta.db_table)} ({', '.join(qn(f.column) for f in fields)})"
+        f" VALUES ({', '.join(['%s'] * len(fields))})"
+    )
+    if on_wamid_conflict_skip:
+        # The arbiter is the partial unique index message_wamid_uniq only: any other violation still raises.
+        sql += f" ON CONFLICT ({qn('number_id')}, {qn('wa_message_id')}) WHERE {qn('wa_message_id')} IS NOT NULL DO NOTHING"
+    return sql, params
+
+
+def _insert_updating(
+    message: Message, conversation: Conversation, changes: dict[str, Any], *, on_wamid_conflict_skip: bool
+) -> bool | None:
+    """The message's INSERT and the conversation's UPDATE (updated_at and `changes`, "last_message" the new row) in
+    one statement, one round trip to PostgreSQL instead of two: the UPDATE runs only if the INSERT wrote a row.
+    True: both written, the instances updated as save() would; False: on_wamid_conflict_skip and the number has
+    this wamid already (nothing written, the instances unchanged); None: not on PostgreSQL, or a model signal has a
+    receiver (nothing done: the caller writes them one by one)."""
+    message_target = _written_out(message)
+    conversation_target = _written_out(conversation)
+    if message_target is None or conversation_target is None or message_target[2].vendor != "postgresql":
+        return None
+    meta, db, connection, qn = message_target
+    insert_sql, params = _insert_sql(message, connection, on_wamid_conflict_skip=on_wamid_conflict_skip)
+    conversation_meta = conversation._meta
+    updated_at = conversation_meta.get_field("updated_at")
+    previous = conversation.updated_at
+    now = updated_at.pre_save(conversation, False)  # auto_now: sets the attribute, as save() does
+    sets = [f"{qn(updated_at.column)} = %s"]
+    params.append(updated_at.get_db_prep_save(now, connection))
+    for name, value in changes.items():
+        field = conversation_meta.get_field(name)
+        if name == "last_message":
+            sets.append(f"{qn(field.column)} = (SELECT {qn(meta.pk.column)} FROM m)")
+        else:
+            sets.append(f"{qn(field.column)} = %s")
+            params.append(field.get_db_prep_save(value, connection))
+    params.append(conversation.pk)
+    sql = (
+        f"WITH m AS ({insert_sql} RETURNING {qn(meta.pk.column)}),"
+        f" u AS (UPDATE {qn(conversation_meta.db_table)} SET {', '.join(sets)}"
+        f" WHERE {qn(conversation_meta.pk.column)} = %s AND EXISTS (SELECT 1 FROM m))"
+        f" SELECT {qn(meta.pk.column)} FROM m"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        row = cursor.fetchone()
+    if row is None:
+        conversation.updated_at = previous
+        return False  # on_wamid_conflict_skip: the number has this wamid already
+    message.pk = row[0]
+    message._state.adding = False
+    message._state.db = db
+    for name, value in changes.items():
+        setattr(conversation, name, value)
     return True
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 from datetime import datetime
+from typing import NamedTuple
 
 from django.db import connections, router, transaction
 from django.db.models import Q
@@ -88,10 +89,13 @@ def message_receive(*, tenant: Tenant, number: WhatsAppNumber, inbound: InboundM
 
 @transaction.atomic
 def _message_store(*, tenant: Tenant, number: WhatsAppNumber, inbound: InboundMessage) -> Message:
-    existing_pk = _wamid_stored(tenant=tenant, number=number, wa_message_id=inbound.wa_message_id)
+    fast = _conversation_locked_fast(tenant=tenant, number=number, inbound=inbound)
+    existing_pk = fast.stored_pk
+    if not fast.stored_known:  # the fast read found no thread: ask on its own
+        existing_pk = _wamid_stored(tenant=tenant, number=number, wa_message_id=inbound.wa_message_id)
     if existing_pk is not None:
         return Message.objects.get(pk=existing_pk)  # Meta redelivered it
-    conversation = _conversation_locked_fast(tenant=tenant, number=number, inbound=inbound)
+    conversation = fast.conversation
     if conversation is None:  # a new contact, a new thread, or a contact whose details change: the full path
         contact = contact_upsert(
             tenant=tenant, wa_id=inbound.from_wa_id, bsuid=inbound.from_bsuid, profile_name=inbound.profile_name
@@ -167,51 +171,67 @@ def _wamid_sql(db: str) -> str:
     )
 
 
-def _conversation_locked_fast(
-    *, tenant: Tenant, number: WhatsAppNumber, inbound: InboundMessage
-) -> Conversation | None:
-    """The common case in one statement: the contact exists, its details are unchanged, and so is its thread.
+class FastRead(NamedTuple):
+    """What _conversation_locked_fast read: the locked conversation (None: take the full path) and, when its thread
+    was found, the id of a message the number already has with this wamid (stored_known)."""
 
-    Returns the conversation locked (as conversation_open_or_get does) with its contact and assignee loaded, or None
-    when contact_upsert would create or change something (then the caller takes the full path). wa_id and bsuid are
-    each unique per tenant, so the contact matched here is the one contact_upsert would find.
+    conversation: Conversation | None
+    stored_pk: int | None
+    stored_known: bool
+
+
+_NOTHING_READ = FastRead(None, None, False)
+
+
+def _conversation_locked_fast(*, tenant: Tenant, number: WhatsAppNumber, inbound: InboundMessage) -> FastRead:
+    """The common case in one statement: the contact exists, its details are unchanged, and so is its thread; the
+    same statement asks whether the number has a message with this wamid already (Meta redelivering).
+
+    The conversation comes back locked (as conversation_open_or_get returns it) with its contact and assignee
+    loaded, or None when contact_upsert would create or change something (then the caller takes the full path).
+    wa_id and bsuid are each unique per tenant, so the contact matched here is the one contact_upsert would find.
+    With no thread found, nothing is known about the wamid (stored_known False).
 
     The statement is written out (the instances built as select_related builds them): the ORM's compilation of the
     locked three-table join cost more CPU than running it, on every inbound message.
     """
     wa_id, bsuid = inbound.from_wa_id, inbound.from_bsuid
     if not wa_id and not bsuid:
-        return None  # contact_upsert raises the ValidationError
+        return _NOTHING_READ  # contact_upsert raises the ValidationError
     _scope_check()
     db = router.db_for_write(Conversation)
     connection = connections[db]
     with connection.cursor() as cursor:
         cursor.execute(
-            _conversation_locked_sql(db, "wa_id" if wa_id else "bsuid"), [tenant.pk, number.pk, wa_id or bsuid]
+            _conversation_locked_sql(db, "wa_id" if wa_id else "bsuid"),
+            [tenant.pk, number.pk, inbound.wa_message_id, tenant.pk, number.pk, wa_id or bsuid],
         )
         row = cursor.fetchone()
     if row is None:
-        return None
+        return _NOTHING_READ
     conversation: Conversation
     conversation, at = model_from_row(Conversation, row, 0, db)
     conversation_people_from_row(conversation, row, at, db)
+    stored_pk = None if row[-1] is None else int(row[-1])
     contact = conversation.contact
     if (bsuid and contact.bsuid != bsuid) or (inbound.profile_name and contact.profile_name != inbound.profile_name):
-        return None
-    return conversation
+        return FastRead(None, stored_pk, True)
+    return FastRead(conversation, stored_pk, True)
 
 
 @functools.cache
 def _conversation_locked_sql(db: str, contact_key: str) -> str:
     """Conversation.objects.select_for_update(of=("self",)).select_related("contact", "assignee")
-    .filter(contact__<contact_key>=..., number=...).first() in the tenant's scope."""
+    .filter(contact__<contact_key>=..., number=...).first() in the tenant's scope, and as its last column
+    _wamid_sql's answer."""
     connection = connections[db]
     qn = connection.ops.quote_name
     lock = ""
     if connection.features.has_select_for_update:
         lock = f" FOR UPDATE OF {qn('c')}" if connection.features.has_select_for_update_of else " FOR UPDATE"
     return (
-        f"SELECT {row_columns(Conversation, 'c', db)}, {row_columns(Contact, 'ct', db)}, {row_columns(User, 'a', db)}"
+        f"SELECT {row_columns(Conversation, 'c', db)}, {row_columns(Contact, 'ct', db)}, {row_columns(User, 'a', db)},"
+        f" ({_wamid_sql(db)})"
         f" FROM {qn(Conversation._meta.db_table)} c"
         f" INNER JOIN {qn(Contact._meta.db_table)} ct ON ct.{qn('id')} = c.{qn('contact_id')}"
         f" LEFT OUTER JOIN {qn(User._meta.db_table)} a ON a.{qn('id')} = c.{qn('assignee_id')}"

@@ -66,3 +66,35 @@ def test_daphnes_timeout_checks_walk_a_slice_of_the_connections_at_a_time(monkey
         server.timeout_checker()
     assert late.checks == 1
     assert all(p.checks == 2 for p in server.connections if p is not late)
+
+
+def test_daphne_hands_a_form_or_upload_body_on_unparsed(monkeypatch: Any) -> None:
+    """Twisted's form parsing (Content-Type through the email package, the body into `args`) is off for Daphne's
+    requests; the body reaches Daphne as it came."""
+    from types import SimpleNamespace
+
+    from daphne.http_protocol import WebRequest
+    from twisted.web import http
+    from twisted.web.test.requesthelper import DummyChannel
+
+    def never(line: bytes) -> bytes:
+        raise AssertionError("Twisted parsed the Content-Type")
+
+    monkeypatch.setattr(http, "_parseContentType", never)
+    bodies: list[bytes] = []
+
+    class Recorder(WebRequest):  # type: ignore[misc]
+        def process(self) -> None:  # Daphne's would hand the request to the application
+            bodies.append(self.content.read())
+
+    body = b'--x\r\nContent-Disposition: form-data; name="text"\r\n\r\nhello\r\n--x--\r\n'
+    for content_type in (b"multipart/form-data; boundary=x", b"application/x-www-form-urlencoded"):
+        channel = DummyChannel()
+        channel.factory = SimpleNamespace(server=SimpleNamespace(protocol_connected=lambda request: None))
+        request = Recorder(channel)
+        request.requestHeaders.setRawHeaders(b"content-type", [content_type])
+        request.gotLength(len(body))
+        request.handleContentChunk(body)
+        request.requestReceived(b"POST", b"/api/x/", b"HTTP/1.1")
+        assert request.args == {}
+    assert bodies == [body, body]

@@ -47,16 +47,27 @@ SEND_STATEMENTS = [
     "UPDATE inbox_eventsequence",
     "INSERT inbox_tenantevent",  # message:new and conversation:updated
 ]
-if connection.vendor == "postgresql":  # the counter's UPDATE and the events' INSERT are one statement there
-    SEND_STATEMENTS[-2:] = ["WITH UPDATE inbox_eventsequence INSERT inbox_tenantevent"]
+if connection.vendor == "postgresql":  # the INSERT and the UPDATE are one statement there, and so are the counter's
+    # UPDATE and the events' INSERT
+    SEND_STATEMENTS[2:] = [
+        "WITH INSERT inbox_message UPDATE inbox_conversation",
+        "WITH UPDATE inbox_eventsequence INSERT inbox_tenantevent",
+    ]
 
 
 def _kind(sql: str) -> str:
     verb = sql.split(None, 1)[0].upper()
-    if verb == "WITH":  # WITH s AS (<statement>) <statement>: both
-        inner = re.search(r"\bAS\s*\((.*?)\)\s*(INSERT|UPDATE|DELETE|SELECT)\b", sql, re.S)
-        assert inner is not None, sql
-        return f"WITH {_kind(inner.group(1))} {_kind(sql[inner.start(2) :])}"
+    if verb == "WITH":  # WITH a AS (<statement>), b AS (<statement>) <statement>: each, the final one if it writes
+        parts, rest = [], sql
+        while (start := re.search(r"\bAS\s*\(", rest)) is not None:
+            depth, at = 1, start.end()
+            while depth:
+                depth += {"(": 1, ")": -1}.get(rest[at], 0)
+                at += 1
+            parts.append(_kind(rest[start.end() : at - 1]))
+            rest = rest[at:]
+        final = _kind(rest.lstrip(" ,"))
+        return " ".join(["WITH", *parts, *([] if final.startswith("SELECT") else [final])])
     while re.search(r"\([^()]*\)", sql):  # the outer statement's table, not a subquery's or a nested join's
         sql = re.sub(r"\([^()]*\)", "", sql)
     if verb == "SELECT":

@@ -218,6 +218,43 @@ def test_the_settings_follow_the_scope_with_one_statement_per_change(require_pos
         assert connection.rls_settings_sent == sent + 3  # type: ignore[attr-defined]
 
 
+def test_a_change_of_scope_travels_in_front_of_the_next_query_in_its_round_trip(
+    require_postgres: None, world: World
+) -> None:
+    seen: list[str] = []
+
+    def spy(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+        seen.append(sql)
+        return execute(sql, params, many, context)
+
+    _setting(rls.TENANT_SETTING)  # ("", "") sent
+    folded = connection.rls_settings_sent_folded  # type: ignore[attr-defined]
+    with connection.execute_wrapper(spy), tenant_scope(world.acme.pk), connection.cursor() as cursor:
+        cursor.execute("SELECT current_setting(%s, true), '100%%'", [rls.TENANT_SETTING])
+        assert cursor.fetchall() == [(str(world.acme.pk), "100%")]  # the statement's result, not set_config's
+    assert connection.rls_settings_sent_folded == folded + 1  # type: ignore[attr-defined]
+    assert seen == ["SELECT current_setting(%s, true), '100%%'"]  # a caller's wrapper sees the statement as written
+    with scopes_disabled(), connection.cursor() as cursor:
+        cursor.execute("UPDATE tenants_tenant SET name = name WHERE id IN (%s, %s)", [world.acme.pk, world.globex.pk])
+        assert cursor.rowcount == 2  # the UPDATE's count
+        cursor.execute("SELECT current_setting('app.rls_bypass')")  # no parameters: the settings still go first
+    assert connection.rls_settings_sent_folded == folded + 2  # type: ignore[attr-defined]
+    with tenant_scope(world.globex.pk), connection.cursor() as cursor:
+        cursor.execute("SHOW app.tenant_id")  # not a query or data change: the settings in a round trip of their own
+        assert cursor.fetchone() == (str(world.globex.pk),)
+    assert connection.rls_settings_sent_folded == folded + 2  # type: ignore[attr-defined]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_failed_statement_takes_the_settings_in_front_of_it_along(require_postgres: None, world: World) -> None:
+    assert _setting(rls.TENANT_SETTING) == ""  # autocommit: sent, and kept
+    with tenant_scope(world.acme.pk):
+        with pytest.raises(DatabaseError), connection.cursor() as cursor:
+            cursor.execute("SELECT 1 / 0")  # one implicit transaction with the settings: both undone
+        assert sent_settings(connection.connection) is None  # the backend knows it does not know
+        assert _setting(rls.TENANT_SETTING) == str(world.acme.pk)
+
+
 def test_a_rollback_to_savepoint_forgets_what_was_set(require_postgres: None, world: World) -> None:
     _setting(rls.TENANT_SETTING)  # ("", "") sent in the test's transaction
     with tenant_scope(world.acme.pk):

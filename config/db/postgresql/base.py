@@ -2,20 +2,25 @@
 
 Before a statement runs, the connection's `app.tenant_id` / `app.rls_bypass` are made to match the scope (see
 config/db/rls.py). What was sent is remembered per raw connection (pooled connections move between threads and
-DatabaseWrapper objects), so a statement in the same scope as the previous one costs nothing extra; a change of
-scope costs one `SELECT set_config(...)`. A SET made inside a transaction is undone by ROLLBACK and ROLLBACK TO
-SAVEPOINT, so those forget what was remembered, as does handing a connection back to the pool mid-transaction.
+DatabaseWrapper objects), so a statement in the same scope as the previous one costs nothing extra. A change of
+scope puts `SELECT set_config(...)` in front of the next query or data change, in the same round trip (one
+simple-query message of two statements); before another kind of statement, or a server-side cursor's, it is a round
+trip of its own. A SET made inside a transaction is undone by ROLLBACK and ROLLBACK TO SAVEPOINT, so those forget
+what was remembered, as does handing a connection back to the pool mid-transaction.
 
 OPTIONS["assume_role"] (settings: DATABASE_APP_ROLE) makes every new connection `SET ROLE` to the app role.
 """
 
 from __future__ import annotations
 
+import functools
 import weakref
 from collections.abc import Sequence
 from typing import Any
 
+from django.db.backends.postgresql.base import CursorDebugWrapper as PostgresCursorDebugWrapper
 from django.db.backends.postgresql.base import DatabaseWrapper as PostgresDatabaseWrapper
+from django.db.backends.utils import CursorWrapper
 from psycopg import ClientCursor, sql
 from psycopg.pq import ExecStatus, TransactionStatus
 
@@ -30,18 +35,63 @@ def sent_settings(raw_connection: Any) -> tuple[str, str] | None:
     return _sent.get(raw_connection)
 
 
+@functools.lru_cache(maxsize=4096)
+def _set_literal(wanted: tuple[str, str]) -> str:
+    """rls.SET_SQL with the values inline: a tenant id is digits, the bypass flag "on" or empty (wanted_settings),
+    so the statement holds no quote and no %, and runs before a statement with or without parameters."""
+    tenant, bypass = wanted
+    if not (tenant == "" or tenant.isdigit()) or bypass not in ("", "on"):
+        raise ValueError(f"unexpected row-level security settings {wanted!r}")
+    return rls.SET_SQL % (f"'{tenant}'", f"'{bypass}'")
+
+
+_DML = ("SELECT", "INSERT", "UPDATE", "DELETE", "WITH")
+
+
+def _foldable(statement: Any) -> bool:
+    """A query or data change, which may share a simple-query message (an implicit transaction in autocommit) with
+    the settings: not a statement that refuses a transaction block (CREATE DATABASE, VACUUM, ...) or ends one."""
+    return isinstance(statement, str) and statement.lstrip()[:6].upper().startswith(_DML)
+
+
 def _rows(cursor: Any) -> list[tuple[Any, ...]]:
     # Not `cursor.description`: psycopg builds a Column object per column each time it is read.
     result = cursor.pgresult
     return cursor.fetchall() if result is not None and result.status == ExecStatus.TUPLES_OK else []  # type: ignore[no-any-return]
 
 
+class _FollowsScope:
+    """Django's cursor wrapper whose statements follow the scope (DatabaseWrapper._follow_scope) right before they
+    run: inside every execute_wrapper (those see the statement as written) and the query log."""
+
+    db: DatabaseWrapper
+
+    def _execute(self, sql: Any, params: Any, *ignored: Any) -> Any:
+        return self.db._follow_scope(super()._execute, sql, params, False, self)  # type: ignore[misc]
+
+    def _executemany(self, sql: Any, param_list: Any, *ignored: Any) -> Any:
+        return self.db._follow_scope(super()._executemany, sql, param_list, True, self)  # type: ignore[misc]
+
+
+class _Cursor(_FollowsScope, CursorWrapper):
+    pass
+
+
+class _DebugCursor(_FollowsScope, PostgresCursorDebugWrapper):
+    pass
+
+
 class DatabaseWrapper(PostgresDatabaseWrapper):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        # Innermost wrapper: it runs right before the statement, after any wrapper a caller adds.
-        self.execute_wrappers.insert(0, self._follow_scope)
-        self.rls_settings_sent = 0  # statements this wrapper sent (measurement and tests)
+        self.rls_settings_sent = 0  # settings this backend sent (measurement and tests)
+        self.rls_settings_sent_folded = 0  # of which in front of the statement, in its round trip
+
+    def make_cursor(self, cursor: Any) -> Any:
+        return _Cursor(cursor, self)
+
+    def make_debug_cursor(self, cursor: Any) -> Any:
+        return _DebugCursor(cursor, self)
 
     def init_connection_state(self) -> None:
         super().init_connection_state()
@@ -56,17 +106,31 @@ class DatabaseWrapper(PostgresDatabaseWrapper):
             return True
         return False
 
-    def _follow_scope(self, execute: Any, statement: Any, params: Any, many: bool, context: Any) -> Any:
+    def _follow_scope(self, execute: Any, statement: Any, params: Any, many: bool, wrapper: CursorWrapper) -> Any:
+        """Run execute(statement, params) (the Django cursor wrapper's own) with the connection's settings matching
+        the current scope: sent first if they differ from what the connection carries."""
         raw = self.connection
         wanted = rls.wanted_settings()
-        if _sent.get(raw) != wanted and raw.info.transaction_status != TransactionStatus.INERROR:
-            # The raw cursor: not logged as a query (query-count assertions are unaffected) and never a named
-            # (server-side) cursor, which could not run it.
-            with raw.cursor() as cursor:
-                cursor.execute(rls.SET_SQL, wanted)
+        if _sent.get(raw) == wanted or raw.info.transaction_status == TransactionStatus.INERROR:
+            return execute(statement, params)
+        self.rls_settings_sent += 1
+        cursor = wrapper.cursor
+        if not many and isinstance(cursor, ClientCursor) and _foldable(statement):
+            # The settings travel in front of the statement, in the same round trip (one simple-query message of
+            # two statements), and the cursor is moved on to the statement's result. A failure undoes them with the
+            # statement (one implicit transaction in autocommit; the transaction's ROLLBACK otherwise).
+            _sent.pop(raw, None)
+            result = execute(f"{_set_literal(wanted)}; {statement}", params)
+            cursor.nextset()
             _sent[raw] = wanted
-            self.rls_settings_sent += 1
-        return execute(statement, params, many, context)
+            self.rls_settings_sent_folded += 1
+            return result
+        # The raw cursor: not logged as a query (query-count assertions are unaffected) and never a named
+        # (server-side) cursor, which could not run it.
+        with raw.cursor() as set_cursor:
+            set_cursor.execute(rls.SET_SQL, wanted)
+        _sent[raw] = wanted
+        return execute(statement, params)
 
     def fetch_in_tenant(
         self, tenant: int | rls.TenantOf, statement: str, params: Sequence[Any]
