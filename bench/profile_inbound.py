@@ -7,7 +7,8 @@
 Runs with DEBUG off against the configured database (migrated on start) and channel layer; it seeds one tenant,
 number and contact (prefix `prof`), stores N signed one-message webhooks the way the view does (without enqueueing
 them) and then calls webhooks.services.webhook_process on each, timing CPU (process time: this process only, not
-PostgreSQL's) and wall time, and counting SQL statements per message. `--view` also measures the webhook view
+PostgreSQL's) and wall time, and counting SQL statements per message; with the server on this machine it also prints
+the CPU its backend process spent per message (/proc). `--view` also measures the webhook view
 itself (Django test client, signature check + INSERT + enqueue to a queue nobody reads, purged at the end).
 Use a database of your own: it adds rows (all under its own tenant, deleted at the end unless `--keep`).
 """
@@ -42,6 +43,23 @@ from django.core.management import call_command  # noqa: E402
 from django.db import connection  # noqa: E402
 
 from tenants.scoping import scopes_disabled  # noqa: E402
+
+
+def backend_cpu() -> tuple[int, float] | None:
+    """(pid, CPU seconds) of this connection's PostgreSQL backend, when the server runs on this machine (loopback):
+    what the server spends on our statements, which the client's process time does not show."""
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        return None
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        pid = int(cursor.fetchone()[0])
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:  # another machine, or not ours to read
+        return None
+    return pid, (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class StatementCounter:
@@ -166,6 +184,7 @@ def main() -> int:
     wall_ms: list[float] = []
     statements: list[int] = []
     kinds: Counter[str] = Counter()
+    backend0 = backend_cpu()
     for index, event_id in enumerate(events):
         counter.count = 0
         counter.kinds = Counter()
@@ -178,6 +197,7 @@ def main() -> int:
         statements.append(counter.count)
         kinds.update(counter.kinds)
         assert done is not None and done.state == ProcessingState.PROCESSED, (done and done.last_error) or event_id
+    backend1 = backend_cpu()
     warm = slice(min(10, len(events) // 10), None)  # the first few pay for imports and plan caches
     c, w = cpu_ms[warm], wall_ms[warm]
     print(
@@ -189,6 +209,11 @@ def main() -> int:
         f"(min {min(statements)}, max {max(statements)}); by kind per message: "
         + ", ".join(f"{k} {v / len(events):.1f}" for k, v in kinds.most_common())
     )
+    if backend0 is not None and backend1 is not None and backend0[0] == backend1[0]:
+        print(
+            f"PostgreSQL server CPU per message (the connection's backend process): "
+            f"{1000 * (backend1[1] - backend0[1]) / len(events):.2f} ms"
+        )
     if args.statements:
         print("statements of the last message:")
         for sql in counter.samples:
