@@ -22,7 +22,7 @@ from typing import Any
 from bench import scenarios
 from bench.harness import RESULTS, Report, Row, machine, services_up
 
-ALL = ["floor", "m1", "m1x2", "m2", "m3", "m4", "m9", "m5", "m8", "m8x2", "m6+m7"]
+ALL = ["floor", "m1", "m1x2", "m2", "m2x2", "m3", "m4", "m9", "m5", "m8", "m8x2", "m6+m7"]
 
 
 async def main(names: list[str], quick: bool, stamp: str) -> Report:

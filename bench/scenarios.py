@@ -153,7 +153,7 @@ class System:
 
 
 @asynccontextmanager
-async def system(ctx: Ctx, *, celery: bool = False, users: int = USERS) -> AsyncIterator[System]:
+async def system(ctx: Ctx, *, celery: bool = False, users: int = USERS, workers: int = 1) -> AsyncIterator[System]:
     services = ctx.services
     await asyncio.to_thread(reset_data, services)
     tenant = await asyncio.to_thread(seed_tenant, "bench", users=users, conversations=CONVERSATIONS, index=1)
@@ -162,7 +162,7 @@ async def system(ctx: Ctx, *, celery: bool = False, users: int = USERS) -> Async
 
     await asyncio.to_thread(close_old_connections)
     daphne = services.daphne(**ctx.server_env)
-    worker = services.celery(queues="inbound", concurrency=1) if celery else None
+    worker = services.celery(queues="inbound", concurrency=workers) if celery else None
     pool = HttpPool(daphne.port or 0, size=8)
     try:
         jwt = await jwt_for(pool, tenant.usernames[0])
@@ -373,9 +373,9 @@ async def m1_point(
 # --- M2: signed webhook → agent socket ------------------------------------------------------------------------------
 
 
-async def m2(ctx: Ctx, rate: int = 100) -> None:
+async def m2(ctx: Ctx, rate: int = 100, *, workers: int = 1, label: str = "M2") -> None:
     base = await ensure_floor(ctx)
-    async with system(ctx, celery=True) as sys_:
+    async with system(ctx, celery=True, workers=workers) as sys_:
         agent = await sys_.rest_socket(sys_.tenant.usernames[1])
         other = await sys_.other_socket()
         duration, warm = ctx.d(20, 8), ctx.d(4, 2)
@@ -430,13 +430,14 @@ async def m2(ctx: Ctx, rate: int = 100) -> None:
         stats = summary(measured)
         ratio = ms(stats["p99"]) / base
         ctx.add(
-            "M2",
-            "  CPU per webhook: Daphne (verify + store + enqueue) / worker (process)",
+            label,
+            "  CPU per webhook: Daphne (verify + store + enqueue) / worker (process"
+            + (f"es: {workers}, Celery's prefork pool)" if workers > 1 else ")"),
             f"{cpu_web:.1f} / {cpu_worker:.1f}",
             "ms",
         )
         ctx.add(
-            "M2",
+            label,
             f"webhook→WS {rate}/s p50 / p95 / p99 / max",
             f"{ms(stats['p50']):.1f} / {ms(stats['p95']):.1f} / {ms(stats['p99']):.1f} / {ms(stats['max']):.1f}",
             "ms",
@@ -448,16 +449,21 @@ async def m2(ctx: Ctx, rate: int = 100) -> None:
         )
         dup_frames = sum(c - 1 for c in seen.values() if c > 1)
         ctx.add(
-            "M2",
+            label,
             "  delivered / unique sent; repeats posted; duplicate frames",
             f"{len(lat)} / {len(sent)}; {duplicates}; {dup_frames}",
             target="all delivered, 0 duplicates",
             ok=len(lat) == len(sent) and dup_frames == 0 and set(statuses) == {200},
             note="" if set(statuses) == {200} else f"HTTP {dict(statuses)}",
         )
-        ctx.m10("M2", [agent], head)
-        isolation(ctx, "M2", other)
+        ctx.m10(label, [agent], head)
+        isolation(ctx, label, other)
         await close_many([agent, other])
+
+
+async def m2x2(ctx: Ctx, rate: int = 100) -> None:
+    """M2 with the worker the Procfile runs: Celery's prefork pool of two processes (the default on two cores)."""
+    await m2(ctx, rate, workers=2, label="M2x2")
 
 
 # --- M3: typing WS → WS, and its baseline (bare Channels echo, same shape) -------------------------------------------
@@ -1198,6 +1204,7 @@ SCENARIOS: dict[str, Callable[[Ctx], Any]] = {
     "m1": m1,
     "m1x2": m1x2,
     "m2": m2,
+    "m2x2": m2x2,
     "m3": m3,
     "m4": m4,
     "m4x": m4x,

@@ -7,7 +7,7 @@ from typing import Any
 
 from celery import Celery
 from celery.backends.base import DisabledBackend
-from celery.signals import worker_init
+from celery.signals import task_postrun, task_prerun, worker_init
 from kombu.transport import redis as kombu_redis
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
@@ -96,3 +96,17 @@ def serve_worker_metrics(**_: object) -> None:
         start_http_server(int(port), registry=registry)
     else:
         start_http_server(int(port))
+
+
+@task_prerun.connect
+@task_postrun.connect
+def return_connections(task: Any = None, **_: object) -> None:
+    """Around every task, Django's request rule for database connections: one that is broken or past CONN_MAX_AGE
+    is closed (with Django's pool, CONN_MAX_AGE is 0: handed back to the pool, which keeps it open). This replaces
+    the per-task close of Celery's Django fixup, which with a prefork pool closed the whole connection pool after each
+    task (settings.CELERY_DB_REUSE_MAX). Eager tasks run inside their caller's connection and are left alone."""
+    if task is not None and getattr(task.request, "is_eager", False):
+        return
+    from django.db import close_old_connections
+
+    close_old_connections()

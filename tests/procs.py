@@ -64,6 +64,22 @@ def proc_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def _children_cpu_seconds(pid: int) -> float:
+    """CPU time of pid's live child processes (Linux /proc); one that exits meanwhile counts 0."""
+    total = 0.0
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            children = [int(child) for child in task.read_text().split()]
+        except OSError:  # the thread ended meanwhile
+            continue
+        for child in children:
+            try:
+                total += proc_cpu_seconds(child)
+            except OSError:
+                continue
+    return total
+
+
 @dataclass
 class Proc:
     """One started process with its log file. Stop it with stop(); kill() simulates a crash."""
@@ -91,7 +107,8 @@ class Proc:
         return proc_rss_kib(self.pid)
 
     def cpu_seconds(self) -> float:
-        return proc_cpu_seconds(self.pid)
+        """The process's CPU time plus its live children's (Celery's prefork pool runs tasks in children)."""
+        return proc_cpu_seconds(self.pid) + _children_cpu_seconds(self.pid)
 
     def _signal_group(self, sig: int) -> None:
         # Each process is started in its own session: the group holds it and its children (Celery's pool), nothing else.
