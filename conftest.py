@@ -44,11 +44,15 @@ def _media_root(tmp_path_factory: pytest.TempPathFactory, settings) -> Iterator[
 
 @pytest.fixture(scope="session")
 def django_db_setup(django_db_setup, django_db_blocker):  # type: ignore[no-untyped-def]
-    """Close the psycopg pool before the test database is dropped (pooled connections would keep it busy)."""
+    """Close the psycopg pool before the test database is dropped (pooled connections would keep it busy), after
+    the sockets' database threads have handed theirs back (each keeps its connection between calls)."""
     yield
     from django.db import connections
 
+    from inbox.consumers import socket_db_restart
+
     with django_db_blocker.unblock():
+        socket_db_restart()
         for conn in connections.all():
             if getattr(conn, "pool", None) is not None:
                 conn.close_pool()

@@ -41,6 +41,7 @@ from channels.security.websocket import OriginValidator
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.serializers.json import DjangoJSONEncoder
+from django.db import connections
 from django.http.cookie import parse_cookie
 
 from accounts.models import User
@@ -65,16 +66,30 @@ MAX_FRAME_BYTES: Final = 64 * 1024  # Daphne enforces it too (--websocket-max-me
 
 
 @functools.cache
-def _socket_db_executor() -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(max_workers=int(_setting("SOCKET_DB_THREADS", 4)), thread_name_prefix="socket-db")
+def _socket_db_executor() -> tuple[ThreadPoolExecutor, int]:
+    threads = int(_setting("SOCKET_DB_THREADS", 4))
+    return ThreadPoolExecutor(max_workers=threads, thread_name_prefix="socket-db"), threads
 
 
 def socket_db_restart() -> None:
-    """Let socket_db's threads finish what they run and end, so that the next call starts fresh ones (with no
-    per-thread database state): for tests that change the database settings (the role) under a running process."""
-    if _socket_db_executor.cache_info().currsize:
-        _socket_db_executor().shutdown(wait=True)
-        _socket_db_executor.cache_clear()
+    """Let socket_db's threads finish what they run, close their database connections and end, so that the next
+    call starts fresh ones (with no per-thread database state): for tests that change the database settings (the
+    role) under a running process. Each thread closes its own connections (one task per thread, held at a barrier
+    until all have one): a thread that ends holding one leaves it open until the cyclic collector finds its
+    DatabaseWrapper, which kept the test database busy when the suite tried to drop it."""
+    if not _socket_db_executor.cache_info().currsize:
+        return
+    executor, threads = _socket_db_executor()
+    barrier = threading.Barrier(threads)
+
+    def close_own() -> None:
+        barrier.wait(timeout=30)
+        connections.close_all()
+
+    for done in [executor.submit(close_own) for _ in range(threads)]:
+        done.result()
+    executor.shutdown(wait=True)
+    _socket_db_executor.cache_clear()
 
 
 def socket_db(func: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
@@ -96,7 +111,7 @@ def socket_db(func: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
 
     async def call(*args: Any) -> Any:
         run = database_sync_to_async(
-            func, thread_sensitive=False, executor=_socket_db_executor(), context=contextvars.copy_context()
+            func, thread_sensitive=False, executor=_socket_db_executor()[0], context=contextvars.copy_context()
         )
         return await run(*args)
 
