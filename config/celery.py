@@ -70,7 +70,7 @@ app.autodiscover_tasks(related_name="maintenance")
 
 @worker_init.connect
 def tune_gc(**_: object) -> None:
-    """The start-up heap frozen and fewer young collections, as in Daphne (config/gctune.py). In the pool's parent,
+    """The start-up heap frozen and short young collections, as in Daphne (config/gctune.py). In the pool's parent,
     before it forks: the children inherit it (and share those pages copy-on-write)."""
     from config.gctune import tune_after_startup
 
