@@ -19,6 +19,7 @@ import functools
 import hashlib
 import json
 import logging
+import secrets
 import threading
 import time
 import uuid
@@ -514,11 +515,15 @@ class Hub:
 
     `add` returns only once the group's subscription is live, which the consumer's "join before reading the head"
     rule relies on; joins and leaves of one group are serialised by the group's lock.
+
+    What this process itself sends to a group (inbox.events.publish) reaches the Hub's members directly
+    (`deliver_local`), and the copy the layer brings back, marked with the Hub's `token`, is skipped.
     """
 
     def __init__(self, layer: Any) -> None:
         self.layer = layer
         self.groups: dict[str, _HubGroup] = {}
+        self.token = secrets.token_hex(8)  # marks what this Hub delivered itself (events.HUB_ORIGIN)
 
     async def add(self, group: str, socket: InboxConsumer) -> None:
         entry = self.groups.get(group)
@@ -563,11 +568,27 @@ class Hub:
                 logger.warning("channel layer receive for %s failed", entry.name, exc_info=True)
                 await asyncio.sleep(1)
                 continue
-            for socket in list(entry.members):
-                try:
-                    await socket.hub_deliver(message)
-                except Exception:
-                    logger.exception("delivering a %s message to a socket failed", message.get("type"))
+            if message.get(events.HUB_ORIGIN) == self.token:
+                continue  # sent from this loop: its sockets had it before it was published (deliver_local)
+            await self._deliver(entry, message)
+
+    async def deliver_local(self, group: str, message: dict[str, Any]) -> str | None:
+        """A message sent from this Hub's own loop, handed to its sockets in `group` without the round trip through
+        the layer. Returns the token to mark the published copy with (skipped when it comes back), or None if this
+        Hub has no socket in the group: the copy then goes out unmarked, for a socket that joins meanwhile."""
+        entry = self.groups.get(group)
+        if entry is None or not entry.members:
+            return None
+        await self._deliver(entry, message)
+        return self.token
+
+    @staticmethod
+    async def _deliver(entry: _HubGroup, message: dict[str, Any]) -> None:
+        for socket in list(entry.members):
+            try:
+                await socket.hub_deliver(message)
+            except Exception:
+                logger.exception("delivering a %s message to a socket failed", message.get("type"))
 
 
 _hubs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[int, Hub]] = weakref.WeakKeyDictionary()
@@ -579,6 +600,17 @@ def _hub(layer: Any) -> Hub:
     if hub is None or hub.layer is not layer:
         hub = per_loop[id(layer)] = Hub(layer)
     return hub
+
+
+async def _deliver_local(layer: Any, group: str, message: dict[str, Any]) -> str | None:
+    """events' local delivery: through the running loop's Hub for `layer`, if there is one (no Hub is made here)."""
+    hub = _hubs.get(asyncio.get_running_loop(), {}).get(id(layer))
+    if hub is None or hub.layer is not layer:
+        return None
+    return await hub.deliver_local(group, message)
+
+
+events.set_local_delivery(_deliver_local)
 
 
 _frame_counters: dict[str, Any] = {}
@@ -1144,7 +1176,7 @@ class InboxConsumer(AsyncWebsocketConsumer):
         if exclude_self:
             message["exclude_channel"] = self.channel_name
         try:
-            await self.channel_layer.group_send(group, message)
+            await events.publish(self.channel_layer, group, [message])
         except Exception:
             logger.warning("channel layer send to %s failed", group, exc_info=True)
 
@@ -1341,13 +1373,11 @@ async def _settle(layer: Any, tenant_id: int, user_id: int, delay: float) -> Non
         await asyncio.sleep(delay)
     try:
         if await sync_to_async(presence.user_settle, thread_sensitive=False)(tenant_id, user_id):
-            await layer.group_send(
-                events.tenant_group(tenant_id),
-                {
-                    "type": events.LAYER_EVENT,
-                    "tenant_id": tenant_id,
-                    "frame": events.frame(events.USER_OFFLINE, {"user_id": user_id}, seq=None),
-                },
-            )
+            message = {
+                "type": events.LAYER_EVENT,
+                "tenant_id": tenant_id,
+                "frame": events.frame(events.USER_OFFLINE, {"user_id": user_id}, seq=None),
+            }
+            await events.publish(layer, events.tenant_group(tenant_id), [message])
     except Exception:
         logger.warning("presence settle failed", exc_info=True)
