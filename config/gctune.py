@@ -8,15 +8,19 @@ pause). Two standard remedies, both reversible with the environment:
 
 * `gc.freeze()` once start-up is done: the objects alive then move to a permanent generation that collections skip
   (they are never garbage; a cycle among them would only be freed at exit).
-* a generation-0 threshold that keeps young collections short: 2,000 (CPython's is 700), with the older
-  generations collected less often (every 20 collections of the one below, CPython's 10).
+* thresholds that keep young collections short and full ones rare: (2,000, 20, 200). CPython's are (700, 10, 10).
 
 A young collection walks every object in the young generation, and that is not only new survivors: a request's
 objects (Django's request, DRF's view, request and response, the serializers and their fields, the models it read)
 hold each other in cycles, so about 200 of them per REST send are garbage only the collector frees. Until run 11
-the threshold was 20,000: a young collection came every ~4 s under 20 sends/s and walked ~20,000 objects, a 10-20 ms
-stall of the event loop and of the request threads, which was M1's p99 (the 5 slowest sends of 400 were exactly
-those collections, timed with a gc callback). At 2,000 one takes ~1-1.5 ms (a generation-1 collection ~3 ms).
+the thresholds were (20,000, 20, 20): a young collection came every ~4 s under 20 sends/s and walked ~20,000
+objects, a 10-20 ms stall of the event loop and the request threads, which was M1's p99 (the 5 slowest sends of
+400 were exactly those collections, timed with a gc callback). At 2,000 one takes ~1-1.5 ms. The oldest
+generation's threshold rises by as much as the youngest's fell, so a full collection still waits for the same
+number of allocations (8 million, and CPython's rule that the long-lived objects have grown by a quarter): with
+(2,000, 20, 20) a Daphne ramping to 15,000 sockets ran five full collections of 0.4-1.5 s each (M7), and none at
+(2,000, 20, 200). A middle-generation collection walks what survived 20 young ones: ~3 ms under REST load, 20-240 ms
+while thousands of sockets connect (their state survives), where (20,000, 20, 20) walked ten times as many.
 
 Much of what a process keeps is built lazily, though: the URLconf (and with it every view, DRF, drf-spectacular,
 the admin), the channel layer and Celery's producer side were imported by the first request, socket or send, after
@@ -42,7 +46,7 @@ import sys
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_THRESHOLDS = (2_000, 20, 20)
+DEFAULT_THRESHOLDS = (2_000, 20, 200)
 DEFAULT_SWITCH_INTERVAL = 0.001
 
 

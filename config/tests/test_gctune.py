@@ -29,7 +29,7 @@ def test_defaults_freeze_the_startup_heap_and_set_the_thresholds(
     kept = [object() for _ in range(10)]  # alive now: frozen, skipped by every later collection
     monkeypatch.delenv("GIL_SWITCH_INTERVAL", raising=False)
     gctune.tune_after_startup()
-    assert gc.get_threshold() == gctune.DEFAULT_THRESHOLDS == (2_000, 20, 20)
+    assert gc.get_threshold() == gctune.DEFAULT_THRESHOLDS == (2_000, 20, 200)
     assert gc.get_freeze_count() > len(kept)
     assert sys.getswitchinterval() == pytest.approx(0.001)  # CPython's own is 0.005
 
