@@ -170,12 +170,17 @@ if _db["ENGINE"] == "django.db.backends.postgresql":
     # Persistent connections under Daphne exhausted PostgreSQL at 16 concurrent requests in a measurement here;
     # Django's psycopg pool does not (shared/reference/performance-method.md 4.4). The pool needs CONN_MAX_AGE=0.
     _db["CONN_MAX_AGE"] = 0
-    # Parameters bound by PostgreSQL (and statements prepared after 5 runs) instead of quoted into the SQL by psycopg:
-    # ~0.3-0.6 ms less CPU per send or webhook in A/B pairs here, but a scope change before a raw socket read then
-    # takes two round trips instead of one (config/db/postgresql/base.py), and poolers in transaction mode do not
-    # keep prepared statements. The whole suite passes with it; off until a full run shows it pays.
-    if env_bool("DATABASE_SERVER_SIDE_BINDING", default=False):
+    # Parameters bound by PostgreSQL, and a statement run 5 times on a connection prepared (its plan kept), instead of
+    # quoted into the SQL by psycopg and planned every time. Django turns psycopg's prepared statements off by default;
+    # here they pay: a send's four statements spent ~2.3 ms in PostgreSQL, much of it planning, and M1 at 20/s went
+    # p50 12.3/10.5 -> 9.7/8.7 ms, p99 16.7/16.8 -> 12.8/13.4 ms in two pairs of runs (docs/performance.md, run 11).
+    # A change of RLS scope still travels with the statement after it (config/db/postgresql/base.py). Behind a pooler
+    # in transaction mode that keeps no prepared statements (PgBouncer before 1.21, or without max_prepared_statements)
+    # set DATABASE_PREPARE_THRESHOLD=0 (bound on the server, never prepared) or DATABASE_SERVER_SIDE_BINDING=0.
+    if env_bool("DATABASE_SERVER_SIDE_BINDING", default=True):
         _db.setdefault("OPTIONS", {})["server_side_binding"] = True
+        prepare = env_int("DATABASE_PREPARE_THRESHOLD", default=5)
+        _db["OPTIONS"]["prepare_threshold"] = prepare if prepare > 0 else None
     if env_bool("DATABASE_POOL", default=True):
         _db.setdefault("OPTIONS", {})["pool"] = {
             "min_size": env_int("DATABASE_POOL_MIN", default=2),

@@ -132,7 +132,7 @@ def _store(event: WebhookEvent) -> WebhookEvent:
     ]
     connection.ensure_connection()
     with connection.wrap_database_errors, ServerCursor(connection.connection) as cursor:
-        cursor.execute(_INSERT_SQL, values, prepare=False)  # a pooler in transaction mode keeps no prepared statements
+        cursor.execute(_INSERT_SQL, values)  # prepared or not as the connection's prepare_threshold says
         row = cursor.fetchone()
     assert row is not None
     event.pk = row[0]

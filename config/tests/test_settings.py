@@ -15,6 +15,7 @@ PROBE = (
     "'layer': s.CHANNEL_LAYERS['default']['BACKEND'], 'eager': app.conf.task_always_eager, 'broker': s.CELERY_BROKER_URL,"
     "'cache': s.CACHES['default']['BACKEND'], 'debug': s.DEBUG,"
     "'server_binding': s.DATABASES['default'].get('OPTIONS', {}).get('server_side_binding', False),"
+    "'prepare': s.DATABASES['default'].get('OPTIONS', {}).get('prepare_threshold'),"
     "'http_threads': s.HTTP_THREADS}))"
 )
 CLEAN_KEYS = (
@@ -27,6 +28,7 @@ CLEAN_KEYS = (
     "REQUIRE_SERVICES",
     "HTTP_THREADS",
     "DATABASE_SERVER_SIDE_BINDING",
+    "DATABASE_PREPARE_THRESHOLD",
 )
 
 
@@ -57,17 +59,17 @@ def test_database_and_redis_urls_switch_to_postgres_pool_and_redis() -> None:
     assert got["layer"] == "config.channel_layer.PubSubChannelLayer"  # channels-redis pub/sub, batched publishes
     assert got["eager"] is False and got["broker"] == "redis://127.0.0.1:6379/0"
     assert got["cache"].endswith("RedisCache")  # type: ignore[union-attr]
-    assert got["server_binding"] is False and got["http_threads"] == 12
+    assert got["server_binding"] is True and got["prepare"] == 5  # bound by PostgreSQL, prepared after 5 runs
+    assert got["http_threads"] == 12
 
 
 def test_server_side_binding_and_the_request_threads_come_from_the_environment() -> None:
-    got = probe(
-        DATABASE_URL="postgres://u@127.0.0.1:5432/x",
-        REDIS_URL="redis://127.0.0.1:6379/0",
-        DATABASE_SERVER_SIDE_BINDING="1",
-        HTTP_THREADS="3",
-    )
-    assert got["server_binding"] is True and got["http_threads"] == 3
+    services = {"DATABASE_URL": "postgres://u@127.0.0.1:5432/x", "REDIS_URL": "redis://127.0.0.1:6379/0"}
+    got = probe(**services, DATABASE_SERVER_SIDE_BINDING="0", HTTP_THREADS="3")
+    assert got["server_binding"] is False and got["prepare"] is None and got["http_threads"] == 3
+    got = probe(**services, DATABASE_PREPARE_THRESHOLD="0")  # for a pooler that keeps no prepared statements
+    assert got["server_binding"] is True and got["prepare"] is None
+    assert probe(**services, DATABASE_PREPARE_THRESHOLD="2")["prepare"] == 2
 
 
 def test_the_stock_channels_redis_layer_can_be_chosen_from_the_environment() -> None:

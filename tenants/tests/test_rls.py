@@ -26,6 +26,7 @@ from django.db import DatabaseError, connection, connections, transaction
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
+from psycopg import ClientCursor
 
 from config.db import rls
 from config.db.postgresql.base import sent_settings
@@ -361,6 +362,55 @@ def test_a_failed_raw_statement_in_autocommit_forgets_too(require_postgres: None
         rls.fetch_in_tenant(world.acme.pk, "SELECT 1 / 0", [])  # rolled back with its settings: globex's stay
     assert sent_settings(connection.connection) is None
     assert _setting(rls.TENANT_SETTING) == ""  # the next ORM statement sends its own (here: none)
+
+
+@pytest.fixture
+def server_binding(require_postgres: None, transactional_db: None) -> Iterator[None]:
+    """Every connection binds parameters on the server and prepares a statement from its first run."""
+    options = connection.settings_dict.setdefault("OPTIONS", {})
+
+    def recycle() -> None:
+        from inbox.consumers import socket_db_restart
+
+        socket_db_restart()
+        connection.close()
+        connection.close_pool()
+
+    recycle()
+    options.update(server_side_binding=True, prepare_threshold=1)
+    try:
+        yield
+    finally:
+        recycle()
+        options.pop("server_side_binding", None)
+        options.pop("prepare_threshold", None)
+
+
+def test_with_server_side_binding_a_change_of_scope_still_travels_with_the_next_statement(
+    server_binding: None, world: World
+) -> None:
+    factories.make_message(world.acme_conversation)
+    _setting(rls.TENANT_SETTING)  # ("", "") sent
+    folded = connection.rls_settings_sent_folded  # type: ignore[attr-defined]
+    with tenant_scope(world.acme.pk), connection.cursor() as cursor:
+        assert not isinstance(cursor.cursor, ClientCursor)  # the connection binds on the server...
+        cursor.execute("SELECT current_setting(%s, true), '100%%'", [rls.TENANT_SETTING])
+        assert cursor.fetchall() == [(str(world.acme.pk), "100%")]  # ...and this statement's result is its own
+    assert connection.rls_settings_sent_folded == folded + 1  # type: ignore[attr-defined]
+    with tenant_scope(world.acme.pk):  # the same scope: nothing to send, the statements stay server-bound
+        counts = {Message.objects.filter(conversation=world.acme_conversation).count() for _ in range(3)}
+        with connection.cursor() as cursor:
+            assert not isinstance(cursor.cursor, ClientCursor)
+            cursor.execute("SELECT count(*) FROM pg_prepared_statements")
+            assert cursor.fetchone()[0] >= 1  # and prepared
+    assert counts == {1}
+    assert connection.rls_settings_sent_folded == folded + 1  # type: ignore[attr-defined]
+    with tenant_scope(world.globex.pk):  # another tenant's scope: its rows only, the change folded again
+        assert Message.objects.filter(conversation=world.acme_conversation).count() == 0
+    assert connection.rls_settings_sent_folded == folded + 2  # type: ignore[attr-defined]
+    sent = connection.rls_settings_sent  # type: ignore[attr-defined]
+    assert rls.fetch_in_tenant(world.acme.pk, _SETTINGS_SQL, []) == [(str(world.acme.pk), "")]
+    assert connection.rls_settings_sent == sent + 1  # type: ignore[attr-defined]
 
 
 # --- The application under RLS, as the app role ----------------------------------------------------------------------

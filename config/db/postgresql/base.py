@@ -4,8 +4,9 @@ Before a statement runs, the connection's `app.tenant_id` / `app.rls_bypass` are
 config/db/rls.py). What was sent is remembered per raw connection (pooled connections move between threads and
 DatabaseWrapper objects), so a statement in the same scope as the previous one costs nothing extra. A change of
 scope puts `SELECT set_config(...)` in front of the next query or data change, in the same round trip (one
-simple-query message of two statements); before another kind of statement, or a server-side cursor's, it is a round
-trip of its own. A SET made inside a transaction is undone by ROLLBACK and ROLLBACK TO SAVEPOINT, so those forget
+simple-query message of two statements; where the connection binds parameters on the server, which takes one
+statement per message, that statement runs on a client-binding cursor instead); before another kind of statement,
+or a named (server-side) cursor's, it is a round trip of its own. A SET made inside a transaction is undone by ROLLBACK and ROLLBACK TO SAVEPOINT, so those forget
 what was remembered, as does handing a connection back to the pool mid-transaction.
 
 OPTIONS["assume_role"] (settings: DATABASE_APP_ROLE) makes every new connection `SET ROLE` to the app role.
@@ -18,10 +19,11 @@ import weakref
 from collections.abc import Sequence
 from typing import Any
 
+from django.db.backends.postgresql.base import Cursor as ClientBindingCursor
 from django.db.backends.postgresql.base import CursorDebugWrapper as PostgresCursorDebugWrapper
 from django.db.backends.postgresql.base import DatabaseWrapper as PostgresDatabaseWrapper
 from django.db.backends.utils import CursorWrapper
-from psycopg import ClientCursor, sql
+from psycopg import ClientCursor, Cursor, ServerCursor, sql
 from psycopg.pq import ExecStatus, TransactionStatus
 
 from config.db import rls
@@ -52,6 +54,11 @@ def _foldable(statement: Any) -> bool:
     """A query or data change, which may share a simple-query message (an implicit transaction in autocommit) with
     the settings: not a statement that refuses a transaction block (CREATE DATABASE, VACUUM, ...) or ends one."""
     return isinstance(statement, str) and statement.lstrip()[:6].upper().startswith(_DML)
+
+
+def _server_bound(cursor: Any) -> bool:
+    """A plain cursor that binds parameters on the server (OPTIONS["server_side_binding"]), not a named one."""
+    return isinstance(cursor, Cursor) and not isinstance(cursor, (ClientCursor, ServerCursor))
 
 
 def _rows(cursor: Any) -> list[tuple[Any, ...]]:
@@ -115,6 +122,12 @@ class DatabaseWrapper(PostgresDatabaseWrapper):
             return execute(statement, params)
         self.rls_settings_sent += 1
         cursor = wrapper.cursor
+        if not many and _foldable(statement) and _server_bound(cursor):
+            # Server-side binding takes one statement per message: this one, which carries the scope change, runs
+            # on a client-binding cursor of the same connection instead (the Django cursor reads its result from
+            # it), so the change still costs no round trip; the statements of other cursors stay server-bound.
+            cursor.close()
+            cursor = wrapper.cursor = ClientBindingCursor(raw)
         if not many and isinstance(cursor, ClientCursor) and _foldable(statement):
             # The settings travel in front of the statement, in the same round trip (one simple-query message of
             # two statements), and the cursor is moved on to the statement's result. A failure undoes them with the
@@ -147,19 +160,15 @@ class DatabaseWrapper(PostgresDatabaseWrapper):
             prefix = None
         else:
             prefix, prefix_params = rls.SET_SQL, wanted
-        with self.wrap_database_errors, raw.cursor() as cursor:
+        # With a prefix, a client-binding cursor even where the connection binds on the server: one round trip.
+        with self.wrap_database_errors, raw.cursor() if prefix is None else ClientBindingCursor(raw) as cursor:
             if prefix is None:
                 cursor.execute(statement, params)
                 return _rows(cursor)
             try:
-                if isinstance(cursor, ClientCursor):
-                    cursor.execute(f"{prefix}; {statement}", [*prefix_params, *params])
-                    sent = cursor.fetchone()
-                    cursor.nextset()
-                else:  # server-side binding takes one statement per message
-                    cursor.execute(prefix, prefix_params)
-                    sent = cursor.fetchone()
-                    cursor.execute(statement, params)
+                cursor.execute(f"{prefix}; {statement}", [*prefix_params, *params])
+                sent = cursor.fetchone()
+                cursor.nextset()
                 rows = _rows(cursor)
             except Exception:
                 _sent.pop(raw, None)  # a failed statement undoes the settings sent with it
