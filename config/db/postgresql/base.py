@@ -6,8 +6,9 @@ DatabaseWrapper objects), so a statement in the same scope as the previous one c
 scope puts `SELECT set_config(...)` in front of the next query or data change, in the same round trip (one
 simple-query message of two statements; where the connection binds parameters on the server, which takes one
 statement per message, that statement runs on a client-binding cursor instead); before another kind of statement,
-or a named (server-side) cursor's, it is a round trip of its own. A SET made inside a transaction is undone by ROLLBACK and ROLLBACK TO SAVEPOINT, so those forget
-what was remembered, as does handing a connection back to the pool mid-transaction.
+or a named (server-side) cursor's, it is a round trip of its own. A SET made inside a transaction is undone by
+ROLLBACK and ROLLBACK TO SAVEPOINT, so those forget what was remembered, as does handing a connection back to the
+pool mid-transaction.
 
 OPTIONS["assume_role"] (settings: DATABASE_APP_ROLE) makes every new connection `SET ROLE` to the app role.
 """
@@ -122,13 +123,13 @@ class DatabaseWrapper(PostgresDatabaseWrapper):
             return execute(statement, params)
         self.rls_settings_sent += 1
         cursor = wrapper.cursor
-        if not many and _foldable(statement) and _server_bound(cursor):
-            # Server-side binding takes one statement per message: this one, which carries the scope change, runs
-            # on a client-binding cursor of the same connection instead (the Django cursor reads its result from
-            # it), so the change still costs no round trip; the statements of other cursors stay server-bound.
-            cursor.close()
-            cursor = wrapper.cursor = ClientBindingCursor(raw)
-        if not many and isinstance(cursor, ClientCursor) and _foldable(statement):
+        if not many and _foldable(statement) and (isinstance(cursor, ClientCursor) or _server_bound(cursor)):
+            if not isinstance(cursor, ClientCursor):
+                # Server-side binding takes one statement per message: this one, which carries the scope change,
+                # runs on a client-binding cursor of the same connection instead (the Django cursor reads its result
+                # from it); the statements of other cursors stay server-bound.
+                cursor.close()
+                cursor = wrapper.cursor = ClientBindingCursor(raw)
             # The settings travel in front of the statement, in the same round trip (one simple-query message of
             # two statements), and the cursor is moved on to the statement's result. A failure undoes them with the
             # statement (one implicit transaction in autocommit; the transaction's ROLLBACK otherwise).
