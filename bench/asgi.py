@@ -56,12 +56,62 @@ async def _log_loop_stalls() -> None:
 
     threshold = float(os.environ.get("BENCH_LOOP_LAG_MS", "20")) / 1000
     step = min(0.005, threshold / 5)
+    stacks = _stall_stacks(threshold / 2) if os.environ.get("BENCH_LOOP_LAG") == "stacks" else None
     while True:
         started = time.perf_counter()
+        if stacks is not None:
+            stacks.tick = started
         await asyncio.sleep(step)
         lag = time.perf_counter() - started - step
         if lag > threshold:
             print(f"loop: stalled {1000 * lag:.0f} ms at {time.time():.3f}", file=sys.stderr, flush=True)
+            if stacks is not None:
+                for stack, n in stacks.take():
+                    print(f"loop:   {n} x {stack}", file=sys.stderr, flush=True)
+
+
+class _StallStacks:
+    """BENCH_LOOP_LAG=stacks: a watchdog thread samples the event loop thread's stack every 2 ms while the loop has
+    not ticked for half the threshold, so each reported stall comes with what the loop was running meanwhile (a
+    sampling profiler over a whole run dilutes a 30 ms stall a second into noise)."""
+
+    def __init__(self, stale_after: float) -> None:
+        import collections
+        import threading
+        import time
+
+        self.tick = time.perf_counter()
+        self.counts: collections.Counter[str] = collections.Counter()
+        self.lock = threading.Lock()
+        self.loop_thread = threading.get_ident()
+        self.stale_after = stale_after
+        threading.Thread(target=self._watch, name="stall-stacks", daemon=True).start()
+
+    def _watch(self) -> None:
+        import sys
+        import time
+        import traceback
+
+        while True:
+            time.sleep(0.002)
+            if time.perf_counter() - self.tick < self.stale_after:
+                continue
+            frame = sys._current_frames().get(self.loop_thread)
+            if frame is None:
+                continue
+            summary = traceback.extract_stack(frame)[-7:]
+            stack = " < ".join(f"{f.name} ({os.path.basename(f.filename)}:{f.lineno})" for f in reversed(summary))
+            with self.lock:
+                self.counts[stack] += 1
+
+    def take(self) -> list[tuple[str, int]]:
+        with self.lock:
+            top, self.counts = self.counts.most_common(3), type(self.counts)()
+        return top
+
+
+def _stall_stacks(stale_after: float) -> _StallStacks:
+    return _StallStacks(stale_after)
 
 
 async def websocket_router(scope: dict[str, Any], receive: Any, send: Any) -> None:
