@@ -24,11 +24,11 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 from urllib.parse import parse_qs, urlparse
 
 from asgiref.sync import sync_to_async
@@ -1291,10 +1291,14 @@ class Sweeper:
                 logger.warning("presence heartbeat failed", exc_info=True)
 
     async def heartbeat(self, interval: float) -> None:
-        live = [s for s in list(self.sockets) if s.authenticated and not s.closing]
-        beats = [(s.tenant_id, s.user_id, s.conn_id, tuple(s.viewing)) for s in live]
-        became = await sync_to_async(presence.heartbeat_many, thread_sensitive=False)(beats)
-        by_tenant = {s.tenant_id: s for s in live}  # any local socket of the tenant can publish to its group
+        def beat(s: InboxConsumer) -> tuple[InboxConsumer, presence.SocketBeat] | None:
+            if not s.authenticated or s.closing:
+                return None
+            return s, (s.tenant_id, s.user_id, s.conn_id, tuple(s.viewing))
+
+        live = await _in_steps(self.sockets, beat)
+        became = await sync_to_async(presence.heartbeat_many, thread_sensitive=False)([b for _, b in live])
+        by_tenant = {s.tenant_id: s for s, _ in live}  # any local socket of the tenant can publish to its group
         for tenant_id, user_id in became:
             await by_tenant[tenant_id]._group_ephemeral(
                 events.tenant_group(tenant_id), events.USER_ONLINE, {"user_id": user_id}
@@ -1318,22 +1322,23 @@ class Sweeper:
                 logger.warning("socket re-check failed", exc_info=True)
 
     async def sweep(self) -> None:
-        by_tenant: dict[int, list[InboxConsumer]] = {}
-        for socket in list(self.sockets):
-            if socket.authenticated and not socket.closing:
-                by_tenant.setdefault(socket.tenant_id, []).append(socket)
-        if not by_tenant:
+        live = await _in_steps(self.sockets, lambda s: s if s.authenticated and not s.closing else None)
+        if not live:
             return
-        users = {tenant_id: {s.user_id for s in sockets} for tenant_id, sockets in by_tenant.items()}
+        users: dict[int, set[int]] = {}
+        for socket in live:
+            users.setdefault(socket.tenant_id, set()).add(socket.user_id)
         states = await database_sync_to_async(_tenant_states)(users)
-        behind: list[tuple[InboxConsumer, int]] = []
-        for tenant_id, sockets in by_tenant.items():
-            allowed, head = states[tenant_id]
-            for socket in sockets:
-                if allowed.get(socket.user_id) != socket.stamp:
-                    self._spawn(socket._shutdown(CLOSE_FORBIDDEN))
-                elif head > socket.delivered:
-                    behind.append((socket, head))
+
+        def verdict(socket: InboxConsumer) -> tuple[InboxConsumer, int] | None:
+            allowed, head = states[socket.tenant_id]
+            if allowed.get(socket.user_id) != socket.stamp:
+                self._spawn(socket._shutdown(CLOSE_FORBIDDEN))
+            elif head > socket.delivered:
+                return socket, head
+            return None
+
+        behind = await _in_steps(live, verdict)
         if not behind:
             return
         # Events at or below the head may still be on their way (a fan-out to thousands of sockets takes a while):
@@ -1348,6 +1353,26 @@ class Sweeper:
         task = asyncio.create_task(coroutine)
         self.spawned.add(task)
         task.add_done_callback(self.spawned.discard)
+
+
+T = TypeVar("T")
+R = TypeVar("R")
+WALK_STEP = 1000  # sockets a periodic walk looks at before it lets the event loop run
+
+
+async def _in_steps(items: Iterable[T], func: Callable[[T], R | None]) -> list[R]:
+    """func over a snapshot of items, without the Nones, yielding to the event loop every WALK_STEP items: a walk
+    over 15,000 held sockets in one go held the loop for 10-40 ms (bench M7's probe)."""
+    snapshot = list(items)
+    out: list[R] = []
+    for start in range(0, len(snapshot), WALK_STEP):
+        if start:
+            await asyncio.sleep(0)
+        for item in snapshot[start : start + WALK_STEP]:
+            result = func(item)
+            if result is not None:
+                out.append(result)
+    return out
 
 
 _sweepers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Sweeper] = weakref.WeakKeyDictionary()
