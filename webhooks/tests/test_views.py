@@ -90,6 +90,32 @@ def test_it_stores_and_processes_a_signed_body_before_answering(client: Client, 
     assert _messages(world.globex.pk) == []
 
 
+def test_lone_surrogates_in_a_body_are_processed_as_replacement_characters(client: Client, world: World) -> None:
+    """JSON can spell a code point no UTF-8 text holds (a lone `\\udc4d` escape); the databases refuse to store one,
+    so it failed the message's processing (found by fuzz/webhook_view.py). The body is kept as it came."""
+    wa_id = payloads.cases("messages.json")["text"]["from"]
+    text = payloads.text_message("wamid.LONE\udc4d", wa_id=wa_id, text="thumbs \udc4d up \U0001f44d")
+    reaction = {
+        "from": wa_id,
+        "id": "wamid.REACT1",
+        "timestamp": "1764288100",
+        "type": "reaction",
+        "reaction": {"message_id": "wamid.LONE\udc4d", "emoji": "\ud83d"},
+    }
+    data = payloads.body(messages=[text, reaction])
+    raw_body = payloads.encode(data)
+    assert b"\\udc4d" in raw_body  # json.dumps escapes it: the wire form a sender would use
+    assert payloads.post(client, raw_body).status_code == 200
+    event = WebhookEvent.objects.get()
+    assert event.state == ProcessingState.PROCESSED, event.last_error
+    assert bytes(event.raw_body) == raw_body
+    [message] = _messages(world.acme.pk)
+    assert message.wa_message_id == "wamid.LONE\ufffd"
+    assert message.text == "thumbs \ufffd up \U0001f44d"  # a valid pair is left alone
+    with scopes_disabled():
+        assert [r.emoji for r in message.reactions.all()] == ["\ufffd"]  # the reaction found its message
+
+
 @pytest.mark.parametrize("signature", [None, "sha256=" + "0" * 64, "md5=abc", signature_for(b"other", SECRET)])
 def test_it_rejects_missing_or_wrong_signatures(client: Client, world: World, signature: str | None) -> None:
     data = payloads.body(messages=[payloads.message("messages.json", "text")])
