@@ -20,6 +20,9 @@ second, shorter chain (`LEAN_MIDDLEWARE`): no session, CSRF, login lockout, mess
 that carries no cookie and gets no page back, and on the webhook, the busiest path, that chain was a quarter of the
 CPU of a request.
 
+The handler also tells the process's `config.gctune.IdleCollector` when a request starts and when its response
+has been sent, so that a garbage collection that is due runs between requests rather than inside one.
+
 What differs from Django's handler: `request_finished` fires before the response's bytes are written (they are
 already complete in memory), and a request whose client disconnects while the view runs is not told (a sync view
 never was: its thread ran to the end either way; the response to a gone client is dropped by the server).
@@ -41,6 +44,8 @@ from django.core.handlers.asgi import ASGIHandler, get_script_prefix
 from django.core.handlers.base import BaseHandler
 from django.http import FileResponse, HttpResponseBase
 from django.urls import set_script_prefix
+
+from config.gctune import IdleCollector, idle_fraction
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -118,6 +123,7 @@ class OneHopASGIHandler(ASGIHandler):
         self.threads = RequestThreads(threads if threads is not None else getattr(settings, "HTTP_THREADS", 12))
         self.lean_prefixes = tuple(getattr(settings, "LEAN_PATH_PREFIXES", ()))
         self.lean = LeanChain(settings.LEAN_MIDDLEWARE) if self.lean_prefixes else None
+        self.idle = IdleCollector(idle_fraction())  # young collections between requests, not inside them
 
     def chain_for(self, path: str) -> BaseHandler:
         """The lean chain for a machine-to-machine path, the full one for everything else."""
@@ -135,6 +141,13 @@ class OneHopASGIHandler(ASGIHandler):
             body_file = await self.read_body(receive)
         except RequestAborted:
             return
+        self.idle.started()
+        try:
+            await self._respond_on_thread(scope, body_file, receive, send)
+        finally:
+            self.idle.finished(asyncio.get_running_loop())
+
+    async def _respond_on_thread(self, scope: dict[str, Any], body_file: Any, receive: Any, send: Any) -> None:
         executor = await self.threads.acquire()
         try:
             async with ThreadSensitiveContext(executor=executor):
