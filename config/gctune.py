@@ -92,13 +92,21 @@ def warm_up() -> None:
     del built
 
 
-def switch_interval() -> float:
-    raw = os.environ.get("GIL_SWITCH_INTERVAL", "").strip()
+def _env_number(name: str, default: float) -> float:
+    """A number from the environment; unset or blank gives the default, anything else that is not a number too
+    (with a warning)."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
     try:
-        value = float(raw) if raw else DEFAULT_SWITCH_INTERVAL
+        return float(raw)
     except ValueError:
-        logger.warning("GIL_SWITCH_INTERVAL=%r is not a number of seconds; using %s", raw, DEFAULT_SWITCH_INTERVAL)
-        return DEFAULT_SWITCH_INTERVAL
+        logger.warning("%s=%r is not a number; using %s", name, raw, default)
+        return default
+
+
+def switch_interval() -> float:
+    value = _env_number("GIL_SWITCH_INTERVAL", DEFAULT_SWITCH_INTERVAL)  # seconds
     return value if value > 0 else DEFAULT_SWITCH_INTERVAL
 
 
@@ -106,13 +114,7 @@ DEFAULT_IDLE_FRACTION = 0.5
 
 
 def idle_fraction() -> float:
-    raw = os.environ.get("GC_IDLE", "").strip()
-    try:
-        value = float(raw) if raw else DEFAULT_IDLE_FRACTION
-    except ValueError:
-        logger.warning("GC_IDLE=%r is not a number; using %s", raw, DEFAULT_IDLE_FRACTION)
-        return DEFAULT_IDLE_FRACTION
-    return min(max(value, 0.0), 1.0)
+    return min(max(_env_number("GC_IDLE", DEFAULT_IDLE_FRACTION), 0.0), 1.0)
 
 
 class IdleCollector:
