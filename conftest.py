@@ -45,16 +45,23 @@ def _media_root(tmp_path_factory: pytest.TempPathFactory, settings) -> Iterator[
 @pytest.fixture(scope="session")
 def django_db_setup(django_db_setup, django_db_blocker):  # type: ignore[no-untyped-def]
     """Close the psycopg pool before the test database is dropped (pooled connections would keep it busy), after
-    the sockets' database threads have handed theirs back (each keeps its connection between calls)."""
+    the threads that keep a connection between calls have handed theirs back: the sockets' database threads, and
+    asgiref's one thread for sync code called from async tests without a request around it (a ticket minted there
+    kept a session open until the drop: "database ... is being accessed by other users").
+
+    Only a pool that exists is closed: Django's `pool` property builds one when there is none, and a pool built at
+    teardown starts opening connections that its close may leave behind."""
     yield
+    from asgiref.sync import SyncToAsync
     from django.db import connections
 
     from inbox.consumers import socket_db_restart
 
     with django_db_blocker.unblock():
         socket_db_restart()
+        SyncToAsync.single_thread_executor.submit(connections.close_all).result(timeout=30)
         for conn in connections.all():
-            if getattr(conn, "pool", None) is not None:
+            if conn.alias in getattr(conn, "_connection_pools", {}):
                 conn.close_pool()
 
 
