@@ -308,19 +308,30 @@ def _status(raw: dict[str, Any]) -> InboundStatus:
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")  # after json.loads a valid pair is one character: these are lone
 
 
-def _without_lone_surrogates(value: Any) -> Any:
-    """The parsed JSON with every lone surrogate (a `\\udc4d` escape that is not half of a pair) replaced by U+FFFD.
+def _without_lone_surrogates(data: Any) -> Any:
+    """The parsed JSON with every lone surrogate (a `\\udc4d` escape that is not half of a pair) replaced by U+FFFD,
+    in place.
 
     JSON's escapes can spell such a code point, which no UTF-8 text holds: PostgreSQL and SQLite refuse to store it,
     so one in a wamid or a text failed the message's processing (found by fuzz/webhook_view.py). Meta sends UTF-8;
-    a body that carries one anyway is stored as it came and processed with the replacement character."""
-    if isinstance(value, str):
-        return _LONE_SURROGATE.sub("\ufffd", value)
-    if isinstance(value, dict):
-        return {_without_lone_surrogates(k): _without_lone_surrogates(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_without_lone_surrogates(v) for v in value]
-    return value
+    a body that carries one anyway is stored as it came and processed with the replacement character. Walked with a
+    stack of its own, not by recursion: json.loads accepts nesting deeper than Python's recursion limit allows a
+    recursive walk."""
+    if isinstance(data, str):
+        return _LONE_SURROGATE.sub("\ufffd", data)
+    pending = [data]
+    while pending:
+        node = pending.pop()
+        keys = range(len(node)) if isinstance(node, list) else list(node) if isinstance(node, dict) else ()
+        for key in keys:
+            value = node[key]
+            if isinstance(value, str):
+                node[key] = _LONE_SURROGATE.sub("\ufffd", value)
+            elif isinstance(value, list | dict):
+                pending.append(value)
+            if isinstance(key, str) and _LONE_SURROGATE.search(key):
+                node[_LONE_SURROGATE.sub("\ufffd", key)] = node.pop(key)
+    return data
 
 
 def parse_body(body: bytes) -> Envelope:

@@ -5,7 +5,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from webhooks.parsers import ParseError, parse_body, signature_for, signature_valid
+from webhooks.parsers import ParseError, _without_lone_surrogates, parse_body, signature_for, signature_valid
 from webhooks.tests import payloads
 
 
@@ -102,3 +102,24 @@ def test_signatures_are_over_the_raw_bytes() -> None:
     assert not signature_valid(wire, header.removeprefix("sha256="), "s3cret")
     assert not signature_valid(wire, None, "s3cret")
     assert not signature_valid(wire, header, "")
+
+
+def test_lone_surrogates_are_replaced_however_deep_they_sit() -> None:
+    """A lone surrogate escape becomes U+FFFD in values and keys alike; a valid pair stays one character; nesting as
+    deep as json.loads accepts does not exhaust the recursion limit (a recursive walk did at 500 levels)."""
+    depth = 900
+    body = (
+        b'{"entry": [], "k\\udc4d": {"v": ["a\\ud83d", "\\ud83d\\udc4d"]}, "deep": '
+        + b"[" * depth
+        + b'"\\udc4d"'
+        + b"]" * depth
+        + b"}"
+    )
+    envelope = parse_body(body)  # no RecursionError
+    assert envelope.changes == ()
+    data = _without_lone_surrogates(json.loads(body))
+    assert data["k\ufffd"] == {"v": ["a\ufffd", "\U0001f44d"]}
+    inner = data["deep"]
+    for _ in range(depth - 1):
+        inner = inner[0]
+    assert inner == ["\ufffd"]
