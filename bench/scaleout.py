@@ -28,6 +28,7 @@ from bench.harness import (
     Sock,
     adb_head,
     amint,
+    analyze,
     close_many,
     jwt_for,
     machine,
@@ -60,6 +61,7 @@ async def run(sockets: int, rate: int, phase: float) -> Report:
     try:
         await asyncio.to_thread(reset_data, services)
         tenant = await asyncio.to_thread(seed_tenant, "bench", users=100, conversations=200, index=1)
+        await asyncio.to_thread(analyze)
         from django.db import close_old_connections
 
         await asyncio.to_thread(close_old_connections)

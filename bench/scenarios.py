@@ -31,6 +31,7 @@ from bench.harness import (
     TenantSeed,
     adb_head,
     amint,
+    analyze,
     close_many,
     jwt_for,
     log_problems,
@@ -158,6 +159,7 @@ async def system(ctx: Ctx, *, celery: bool = False, users: int = USERS, workers:
     await asyncio.to_thread(reset_data, services)
     tenant = await asyncio.to_thread(seed_tenant, "bench", users=users, conversations=CONVERSATIONS, index=1)
     other = await asyncio.to_thread(seed_tenant, "other", users=2, conversations=2, index=2)
+    await asyncio.to_thread(analyze)
     from django.db import close_old_connections
 
     await asyncio.to_thread(close_old_connections)
@@ -938,6 +940,7 @@ async def held_tenant() -> TenantSeed:
     from django.db import close_old_connections
 
     held = await asyncio.to_thread(seed_tenant, "held", users=USERS, conversations=2, index=3)
+    await asyncio.to_thread(analyze)
     await asyncio.to_thread(close_old_connections)
     return held
 
