@@ -184,7 +184,7 @@ def _claim(event_id: int) -> WebhookEvent | None:
     db = router.db_for_write(WebhookEvent)
     with connections[db].cursor() as cursor:
         cursor.execute(
-            _claim_sql(db),
+            _claim_sql(_async_commit(db)),
             [
                 ProcessingState.PROCESSING.value,
                 now,
@@ -204,11 +204,27 @@ def _claim(event_id: int) -> WebhookEvent | None:
     return event
 
 
+# The claim and the final state need not wait for their commit to reach the disk (PostgreSQL: synchronous_commit off
+# for that one statement's transaction, set from inside it). Lost in a crash, a claim leaves the event received and
+# a final state leaves it processing: the sweeper hands either back to the queue, and processing it again changes
+# nothing twice. A later synchronous commit (the message's) flushes them anyway: the log is written in order. What
+# must be durable before anyone sees it, the stored body and each message, still is.
+_ASYNC_COMMIT = " FROM (SELECT set_config('synchronous_commit', 'off', true)) AS async_commit"
+
+
+def _async_commit(db: str) -> str:
+    """The clause for a statement that commits on its own: not inside a transaction, whose other writes' commit
+    the setting would reach as well."""
+    connection = connections[db]
+    own = connection.vendor == "postgresql" and connection.get_autocommit() and not connection.in_atomic_block
+    return _ASYNC_COMMIT if own else ""
+
+
 @functools.cache
-def _claim_sql(db: str) -> str:
+def _claim_sql(async_commit: str) -> str:
     table = WebhookEvent._meta.db_table
     return (
-        f"UPDATE {table} SET state = %s, attempts = attempts + 1, processed_at = %s"
+        f"UPDATE {table} SET state = %s, attempts = attempts + 1, processed_at = %s{async_commit}"
         " WHERE id = %s AND signature = %s"
         " AND (state IN (%s, %s) OR (state = %s AND processed_at < %s))"
         f" RETURNING {', '.join(f.column for f in WebhookEvent._meta.concrete_fields)}"
@@ -225,7 +241,7 @@ def _finish(event: WebhookEvent) -> None:
     qn = connection.ops.quote_name
     sql = (
         f"UPDATE {qn(WebhookEvent._meta.db_table)} SET {', '.join(f'{qn(f.column)} = %s' for f in fields)}"
-        f" WHERE {qn(WebhookEvent._meta.pk.column)} = %s"
+        f"{_async_commit(db)} WHERE {qn(WebhookEvent._meta.pk.column)} = %s"
     )
     with connection.cursor() as cursor:
         cursor.execute(sql, [*params, event.pk])

@@ -138,3 +138,49 @@ def test_a_copy_that_commits_first_wins_on_the_unique_wamid(world: World) -> Non
         assert list(Message.objects.filter(wa_message_id="wamid.RACE1").values_list("pk", flat=True)) == [copies[0].pk]
     news = [e for e in _events(world.acme.pk) if e.type == "message:new" and e.data["wa_message_id"] == "wamid.RACE1"]
     assert len(news) == 1
+
+
+def _with_async_commit(statements: list[str]) -> list[str]:
+    return [s for s in statements if "set_config('synchronous_commit', 'off', true)" in s]
+
+
+def test_the_claim_and_the_final_state_do_not_wait_for_the_disk_and_the_message_does(
+    world: World, require_postgres: None
+) -> None:
+    """Each of the two webhook-row UPDATEs commits on its own with synchronous_commit off (a crash that loses one
+    leaves the event to the sweeper); the message's transaction, and the connection afterwards, keep it on."""
+    event_id = _store(payloads.body(messages=[_text("wamid.ASYNC1")]))
+
+    with CaptureQueriesContext(connection) as ctx:
+        event = webhook_process(event_id)
+
+    assert event is not None and event.state == ProcessingState.PROCESSED, event and event.last_error
+    asynchronous = _with_async_commit([q["sql"] for q in ctx.captured_queries])
+    assert len(asynchronous) == 2 and all(
+        'UPDATE "webhooks_webhookevent"' in s or "UPDATE webhooks_webhookevent" in s for s in asynchronous
+    ), asynchronous
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW synchronous_commit")
+        assert cursor.fetchone() == ("on",)
+    stored = WebhookEvent.objects.get(pk=event_id)
+    assert (stored.state, stored.attempts) == (ProcessingState.PROCESSED, 1)
+    with scopes_disabled():
+        assert Message.objects.filter(wa_message_id="wamid.ASYNC1").count() == 1
+
+
+def test_inside_a_transaction_the_claim_and_final_state_leave_its_commit_alone(
+    world: World, require_postgres: None
+) -> None:
+    """Called inside someone's transaction, the UPDATEs would turn off the wait for that whole transaction's commit:
+    there they carry no setting."""
+    from django.db import transaction
+
+    event_id = _store(payloads.body(messages=[_text("wamid.ASYNC2")]))
+    with transaction.atomic(), CaptureQueriesContext(connection) as ctx:
+        event = webhook_process(event_id)
+        with connection.cursor() as cursor:
+            cursor.execute("SHOW synchronous_commit")
+            assert cursor.fetchone() == ("on",)
+
+    assert event is not None and event.state == ProcessingState.PROCESSED, event and event.last_error
+    assert _with_async_commit([q["sql"] for q in ctx.captured_queries]) == []
