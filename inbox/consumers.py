@@ -479,6 +479,74 @@ def _int_field(data: dict[str, Any], name: str, *, minimum: int = 1) -> int:
 
 
 _background: set[asyncio.Task[None]] = set()  # offline announcements that outlive their socket
+
+class PresenceBatch:
+    """One presence call that many sockets of this event loop make at the same moment, run as one: one trip to a
+    thread and one round trip to the store for all of them (`presence.connections_open` and the like).
+
+    A storm (a balancer restart, a deploy: bench M8) opens or closes thousands of sockets within a second, and each
+    open, close and offline check was a thread hop and a Redis round trip of its own. A socket still awaits its own
+    answer, in the order it asked. While one batch runs, the next one gathers what comes in meanwhile, so under load
+    the batches grow and when idle a call goes at once (after the sockets of the same loop turn joined it). A
+    failure reaches every call of its batch, as it would have reached each one."""
+
+    MAX_BATCH: Final = 1000
+
+    def __init__(self, run_many: Callable[[list[Any]], list[Any]]) -> None:
+        self.run_many = run_many
+        self.pending: list[tuple[Any, asyncio.Future[Any]]] = []
+        self.draining = False
+
+    async def __call__(self, item: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[Any] = loop.create_future()
+        self.pending.append((item, answer))
+        if not self.draining:
+            self.draining = True
+            task = loop.create_task(self._drain())
+            _background.add(task)
+            task.add_done_callback(_background.discard)
+        return await answer
+
+    async def _drain(self) -> None:
+        batch: list[tuple[Any, asyncio.Future[Any]]] = []
+        try:
+            await asyncio.sleep(0)  # the other sockets of this loop turn join the batch
+            while self.pending:
+                batch, self.pending = self.pending[: self.MAX_BATCH], self.pending[self.MAX_BATCH :]
+                run = sync_to_async(self.run_many, thread_sensitive=False, context=contextvars.copy_context())
+                try:
+                    answers = await run([item for item, _ in batch])
+                except Exception as exc:
+                    for _, answer in batch:
+                        if not answer.done():
+                            answer.set_exception(exc)
+                else:
+                    for (_, answer), result in zip(batch, answers, strict=True):
+                        if not answer.done():
+                            answer.set_result(result)
+                batch = []
+        finally:
+            for _, answer in batch + self.pending:  # cancelled (the loop is closing): nobody is left to answer
+                answer.cancel()
+            self.pending = []
+            self.draining = False
+
+
+_presence_batches: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[Any, PresenceBatch]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def presence_batch(run_many: Callable[[list[Any]], list[Any]]) -> PresenceBatch:
+    """The running event loop's batch for run_many (its futures belong to that loop)."""
+    batches = _presence_batches.setdefault(asyncio.get_running_loop(), {})
+    batch = batches.get(run_many)
+    if batch is None:
+        batch = batches[run_many] = PresenceBatch(run_many)
+    return batch
+
+
 _last_reap: dict[int, float] = {}  # tenant id → when this process last reaped it
 
 
@@ -733,7 +801,7 @@ class InboxConsumer(AsyncWebsocketConsumer):
         self.authenticated = True
         metrics.OPEN_SOCKETS.inc()
         became_online, online = await self._presence(
-            presence.connection_open, self.tenant_id, self.user_id, self.conn_id
+            presence_batch(presence.connections_open), (self.tenant_id, self.user_id, self.conn_id)
         ) or (False, None)
         await self._send_frame(
             events.frame(
@@ -784,7 +852,9 @@ class InboxConsumer(AsyncWebsocketConsumer):
                     presence.conversation_unview, self.tenant_id, conversation_id, self.user_id, self.conn_id
                 )
                 await self._broadcast_viewers(conversation_id)
-            await self._presence(presence.connection_drop, self.tenant_id, self.user_id, self.conn_id)
+            await self._presence(
+                presence_batch(presence.connections_drop), (self.tenant_id, self.user_id, self.conn_id)
+            )
         except Exception:
             logger.warning("socket clean-up failed", exc_info=True)
         grace = presence.offline_grace()
@@ -1181,8 +1251,11 @@ class InboxConsumer(AsyncWebsocketConsumer):
             logger.warning("channel layer send to %s failed", group, exc_info=True)
 
     async def _presence(self, func: Any, *args: Any) -> Any:
-        """Presence calls block on Redis: run them off the event loop, outside Django's DB thread."""
+        """Presence calls block on Redis: run them off the event loop, outside Django's DB thread (a PresenceBatch
+        does that itself, for many sockets at once)."""
         try:
+            if isinstance(func, PresenceBatch):
+                return await func(*args)
             # In a copy of the context that is not copied back: see socket_db.
             return await sync_to_async(func, thread_sensitive=False, context=contextvars.copy_context())(*args)
         except Exception:
@@ -1397,7 +1470,7 @@ async def _settle(layer: Any, tenant_id: int, user_id: int, delay: float) -> Non
     if delay > 0:
         await asyncio.sleep(delay)
     try:
-        if await sync_to_async(presence.user_settle, thread_sensitive=False)(tenant_id, user_id):
+        if await presence_batch(presence.users_settle)((tenant_id, user_id)):
             message = {
                 "type": events.LAYER_EVENT,
                 "tenant_id": tenant_id,

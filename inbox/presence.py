@@ -43,6 +43,7 @@ def offline_grace() -> float:
 
 
 SocketBeat = tuple[int, int, str, tuple[int, ...]]  # (tenant id, user id, connection id, conversations viewed)
+Conn = tuple[int, int, str]  # (tenant id, user id, connection id)
 
 
 class Store(Protocol):
@@ -51,6 +52,9 @@ class Store(Protocol):
     def touch_many(self, sockets: list[SocketBeat], expires: float) -> list[tuple[int, int]]: ...
     def drop(self, tenant_id: int, user_id: int, conn_id: str) -> None: ...
     def settle(self, tenant_id: int, user_id: int, now: float) -> bool: ...
+    def open_many(self, sockets: list[Conn], expires: float) -> list[tuple[bool, set[int]]]: ...
+    def drop_many(self, sockets: list[Conn]) -> None: ...
+    def settle_many(self, users: list[tuple[int, int]], now: float) -> list[bool]: ...
     def reap(self, tenant_id: int, now: float) -> set[int]: ...
     def online(self, tenant_id: int, now: float) -> set[int]: ...
     def tenants(self) -> set[int]: ...
@@ -93,6 +97,16 @@ class MemoryStore:
     def drop(self, tenant_id: int, user_id: int, conn_id: str) -> None:
         with self.lock:
             self.conns.get(tenant_id, {}).get(user_id, {}).pop(conn_id, None)
+
+    def open_many(self, sockets: list[Conn], expires: float) -> list[tuple[bool, set[int]]]:
+        return [self.open(tenant_id, user_id, conn_id, expires) for tenant_id, user_id, conn_id in sockets]
+
+    def drop_many(self, sockets: list[Conn]) -> None:
+        for tenant_id, user_id, conn_id in sockets:
+            self.drop(tenant_id, user_id, conn_id)
+
+    def settle_many(self, users: list[tuple[int, int]], now: float) -> list[bool]:
+        return [self.settle(tenant_id, user_id, now) for tenant_id, user_id in users]
 
     def _live(self, tenant_id: int, user_id: int, now: float) -> bool:
         user_conns = self.conns.get(tenant_id, {}).get(user_id, {})
@@ -309,6 +323,31 @@ class RedisStore:
         t = self._t(tenant_id)
         return bool(self._settle(keys=[f"{t}:u:{user_id}", f"{t}:online"], args=[now, user_id]))
 
+    # Many sockets' transitions in one round trip (a storm: thousands of sockets open or close within a second).
+    # Each script still runs on its own, atomically and in order, so the answers are those of one call at a time.
+
+    def open_many(self, sockets: list[Conn], expires: float) -> list[tuple[bool, set[int]]]:
+        pipe = self.redis.pipeline(transaction=False)
+        for tenant_id, user_id, conn_id in sockets:
+            keys, args = self._touch_call(tenant_id, user_id, conn_id, expires)
+            self._open(keys=keys, args=args, client=pipe)
+        return [(bool(became), {int(u) for u in online}) for became, online in pipe.execute()]
+
+    def drop_many(self, sockets: list[Conn]) -> None:
+        pipe = self.redis.pipeline()  # MULTI/EXEC, as drop: a socket's two entries go together
+        for tenant_id, user_id, conn_id in sockets:
+            t = self._t(tenant_id)
+            pipe.zrem(f"{t}:u:{user_id}", conn_id)
+            pipe.zrem(f"{t}:conns", f"{user_id}:{conn_id}")
+        pipe.execute()
+
+    def settle_many(self, users: list[tuple[int, int]], now: float) -> list[bool]:
+        pipe = self.redis.pipeline(transaction=False)
+        for tenant_id, user_id in users:
+            t = self._t(tenant_id)
+            self._settle(keys=[f"{t}:u:{user_id}", f"{t}:online"], args=[now, user_id], client=pipe)
+        return [bool(result) for result in pipe.execute()]
+
     def reap(self, tenant_id: int, now: float) -> set[int]:
         t = self._t(tenant_id)
         keys = [f"{t}:conns", f"{t}:online", f"{self.prefix}:tenants"]
@@ -393,6 +432,23 @@ def connection_drop(tenant_id: int, user_id: int, conn_id: str) -> None:
 def user_settle(tenant_id: int, user_id: int) -> bool:
     """True when the user has no live socket left and was announced online: the caller announces them offline."""
     return store().settle(tenant_id, user_id, time.time())
+
+
+def connections_open(sockets: list[Conn]) -> list[tuple[bool, set[int]]]:
+    """connection_open for many sockets at once, in one store round trip; the answers in the same order."""
+    return store().open_many(sockets, time.time() + ttl()) if sockets else []
+
+
+def connections_drop(sockets: list[Conn]) -> list[None]:
+    """connection_drop for many sockets at once, in one store round trip."""
+    if sockets:
+        store().drop_many(sockets)
+    return [None] * len(sockets)
+
+
+def users_settle(users: list[tuple[int, int]]) -> list[bool]:
+    """user_settle for many users at once, in one store round trip; the answers in the same order."""
+    return store().settle_many(users, time.time()) if users else []
 
 
 def tenant_reap(tenant_id: int) -> set[int]:

@@ -1009,11 +1009,13 @@ async def test_hello_is_the_first_frame_even_when_the_tenant_group_is_busy_durin
     before `hello` waits for it (an ephemeral frame and a durable one, each exactly once, after hello)."""
     alice_ws, _ = await open_socket(world.alice)
     layer = get_channel_layer()
-    real_open = presence.connection_open
+    real_open = presence.connections_open
 
-    def open_while_the_group_talks(tenant_id: int, user_id: int, conn_id: str) -> tuple[bool, set[int]]:
+    def open_while_the_group_talks(sockets: list[presence.Conn]) -> list[tuple[bool, set[int]]]:
         # Runs after bob's socket joined the tenant group and before its hello: the tenant's traffic goes on.
         from asgiref.sync import async_to_sync
+
+        ((tenant_id, _, _),) = sockets
 
         async_to_sync(layer.group_send)(
             f"tenant.{tenant_id}.inbox",
@@ -1029,15 +1031,15 @@ async def test_hello_is_the_first_frame_even_when_the_tenant_group_is_busy_durin
             from django.db import connection
 
             connection.close()  # this is a worker thread of the presence calls, not Django's: give it back
-        return real_open(tenant_id, user_id, conn_id)
+        return real_open(sockets)
 
-    monkeypatch.setattr(presence, "connection_open", open_while_the_group_talks)
+    monkeypatch.setattr(presence, "connections_open", open_while_the_group_talks)
     bob_ws = communicator("acme", user=world.bob)
     connected, _ = await bob_ws.connect(timeout=5)
     assert connected
     hello = await bob_ws.receive_json_from(timeout=5)
     assert hello["type"] == "hello", hello
-    monkeypatch.setattr(presence, "connection_open", real_open)
+    monkeypatch.setattr(presence, "connections_open", real_open)
     await send(bob_ws, "sync", {"since": hello["data"]["seq"]})
     seen: list[tuple[str, Any]] = []
     while not any(t == "sync:done" for t, _ in seen) or not any(t == "message:new" for t, _ in seen):

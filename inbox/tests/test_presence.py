@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from typing import Any
@@ -216,3 +217,83 @@ async def test_a_heartbeat_is_one_store_command_per_chunk_of_sockets(
     monkeypatch.setattr(redis.client.Pipeline, "execute", execute)
     presence.heartbeat_many(beats)
     assert sent == ["EVALSHA"] * 3  # tenant 1: four sockets in two chunks; tenant 2: one
+
+
+async def test_many_sockets_open_drop_and_settle_in_one_call_with_the_answers_of_one_at_a_time(
+    settings: Any,
+) -> None:
+    settings.PRESENCE_TTL = 30
+    presence.store().clear()
+    opened = presence.connections_open([(1, 10, "a"), (1, 11, "b"), (1, 10, "c"), (2, 12, "d")])
+    assert opened == [(True, {10}), (True, {10, 11}), (False, {10, 11}), (True, {12})]
+    assert presence.connections_drop([(1, 10, "a"), (1, 11, "b")]) == [None, None]
+    # 10 still has tab c; 11 has none left (announced offline once, by the first of the two); 12 is another tenant's.
+    assert presence.users_settle([(1, 10), (1, 11), (1, 11), (2, 12)]) == [False, True, False, False]
+    assert presence.online_user_ids(1) == {10}
+    assert presence.connections_open([]) == [] and presence.connections_drop([]) == [] == presence.users_settle([])
+    presence.store().clear()
+
+
+@pytest.mark.redis
+async def test_a_batch_of_closes_is_one_store_round_trip(
+    require_redis: None, settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each script or command of the batch still runs on its own in Redis; they travel together."""
+    assert isinstance(presence.store(), presence.RedisStore)
+    import redis
+
+    settings.PRESENCE_TTL = 30
+    presence.store().clear()
+    sockets = [(1, 100 + i, f"s{i}") for i in range(50)]
+    presence.connections_open(sockets)
+    direct: list[str] = []
+    trips: list[list[str]] = []
+    send_direct, send_piped = redis.Redis.execute_command, redis.client.Pipeline.execute
+
+    def execute_command(self: redis.Redis, *args: Any, **options: Any) -> Any:
+        direct.append(str(args[0]))
+        return send_direct(self, *args, **options)
+
+    def execute(self: redis.client.Pipeline, raise_on_error: bool = True) -> Any:
+        trips.append([str(args[0]) for args, _ in self.command_stack])
+        return send_piped(self, raise_on_error)
+
+    monkeypatch.setattr(redis.Redis, "execute_command", execute_command)
+    monkeypatch.setattr(redis.client.Pipeline, "execute", execute)
+    presence.connections_drop(sockets)
+    assert presence.users_settle([(t, u) for t, u, _ in sockets]) == [True] * 50
+    assert direct == []
+    assert trips == [["ZREM"] * 100, ["EVALSHA"] * 50]
+    monkeypatch.undo()
+    assert presence.online_user_ids(1) == set()
+    presence.store().clear()
+
+
+async def test_sockets_closing_together_leave_in_one_batch_and_the_user_goes_offline_once(
+    world: World, settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings.PRESENCE_OFFLINE_GRACE = 0.2
+    real_drop, real_settle = presence.connections_drop, presence.users_settle
+    drops: list[list[presence.Conn]] = []
+    settles: list[list[tuple[int, int]]] = []
+
+    def drop(sockets: list[presence.Conn]) -> list[None]:
+        drops.append(list(sockets))
+        return real_drop(sockets)
+
+    def settle(users: list[tuple[int, int]]) -> list[bool]:
+        settles.append(list(users))
+        return real_settle(users)
+
+    monkeypatch.setattr(presence, "connections_drop", drop)
+    monkeypatch.setattr(presence, "users_settle", settle)
+    bob_ws, _ = await open_socket(world.bob)
+    tabs = [(await open_socket(world.alice))[0] for _ in range(5)]
+    assert (await next_of(bob_ws, "user:online"))["data"] == {"user_id": world.alice.pk}
+    await asyncio.gather(*(tab.disconnect() for tab in tabs))
+    assert (await next_of(bob_ws, "user:offline", "user:online", timeout=3))["data"] == {"user_id": world.alice.pk}
+    assert presence_types(await drain(bob_ws, timeout=0.4)) == []  # once
+    assert {(t, u) for batch in drops for t, u, _ in batch} == {(world.acme.pk, world.alice.pk)}
+    assert sum(len(batch) for batch in drops) == 5 and len(drops) < 5, drops
+    assert sum(len(batch) for batch in settles) == 5 and len(settles) < 5, settles
+    await close(bob_ws)
