@@ -63,8 +63,8 @@ def _authenticate(scope: dict[str, Any], slug: str) -> tuple[Any, int, str]:
     return SimpleNamespace(tenant=tenant, user=user, role="agent"), consumers.CLOSE_FORBIDDEN, "stamp"
 
 
-def _handshake_state(tenant_id: int, user_id: int, stamp: str) -> tuple[bool, int]:
-    return True, HEAD
+def _handshake_states(sockets: list[tuple[int, int, str]]) -> list[tuple[bool, int]]:
+    return [(True, HEAD)] * len(sockets)
 
 
 def _still_allowed(tenant_id: int, user_id: int, stamp: str) -> bool:
@@ -103,7 +103,7 @@ DATABASE: dict[str, Callable[..., Any]] = {
     f.__name__: f
     for f in (
         _authenticate,
-        _handshake_state,
+        _handshake_states,
         _still_allowed,
         _conversation_exists,
         _read,

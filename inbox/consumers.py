@@ -268,25 +268,41 @@ def _still_allowed(tenant_id: int, user_id: int, stamp: str) -> bool:
     return _allowed_stamps(tenant_id, {user_id}).get(user_id) == stamp
 
 
-# Parameters: tenant id (the head's), tenant id, user id. Raw: every handshake runs it, and compiling the ORM's
-# version cost more CPU than the rest of the handshake's database work.
-_HANDSHAKE_STATE_SQL: Final = (
-    f"SELECT u.password, u.credentials_epoch,"
+# Parameters: tenant id (the head's), tenant id, the user ids (an array on PostgreSQL, one placeholder each
+# elsewhere). Raw: every handshake runs it, and compiling the ORM's version cost more CPU than the rest of the
+# handshake's database work.
+_HANDSHAKE_STATES_SQL: Final = (
+    f"SELECT m.user_id, u.password, u.credentials_epoch,"
     f" (SELECT s.last_seq FROM {EventSequence._meta.db_table} s WHERE s.tenant_id = %s)"
     f" FROM {Membership._meta.db_table} m JOIN {User._meta.db_table} u ON u.id = m.user_id"
-    " WHERE m.tenant_id = %s AND m.user_id = %s AND m.is_active AND u.is_active"
+    " WHERE m.tenant_id = %s AND m.user_id {users} AND m.is_active AND u.is_active"
 )
 
 
-def _handshake_state(tenant_id: int, user_id: int, stamp: str) -> tuple[bool, int]:
-    """(still allowed, log head), read after the socket joined its groups: a revocation committed during the
-    handshake either shows here or sends its notice to a socket that already listens. One statement, in the
-    tenant's scope (row-level security's settings travel with it)."""
-    rows = rls.fetch_in_tenant(tenant_id, _HANDSHAKE_STATE_SQL, [tenant_id, tenant_id, user_id])
-    if not rows:
-        return False, 0
-    password, epoch, last = rows[0]
-    return credential_stamp(password, epoch) == stamp, int(last or 0)
+def _handshake_states(sockets: list[tuple[int, int, str]]) -> list[tuple[bool, int]]:
+    """(still allowed, log head) for each socket (tenant id, user id, stamp), read after the socket joined its
+    groups: a revocation committed during the handshake either shows here or sends its notice to a socket that
+    already listens. The sockets that ask at the same moment (a SocketBatch) are read together, one statement per
+    tenant among them, in that tenant's scope (row-level security's settings travel with it); each socket asked
+    after it joined, so its head is read after that too."""
+    by_tenant: dict[int, set[int]] = {}
+    for tenant_id, user_id, _ in sockets:
+        by_tenant.setdefault(tenant_id, set()).add(user_id)
+    found: dict[tuple[int, int], tuple[str, int]] = {}  # (tenant, user) -> (stamp now, head)
+    for tenant_id, user_ids in by_tenant.items():
+        ids = sorted(user_ids)
+        if connections["default"].vendor == "postgresql":
+            sql, params = _HANDSHAKE_STATES_SQL.replace("{users}", "= ANY(%s)"), [tenant_id, tenant_id, ids]
+        else:
+            placeholders = ", ".join(["%s"] * len(ids))
+            sql, params = _HANDSHAKE_STATES_SQL.replace("{users}", f"IN ({placeholders})"), [tenant_id, tenant_id, *ids]
+        for user_id, password, epoch, last in rls.fetch_in_tenant(tenant_id, sql, params):
+            found[(tenant_id, int(user_id))] = (credential_stamp(password, epoch), int(last or 0))
+    answers: list[tuple[bool, int]] = []
+    for tenant_id, user_id, stamp in sockets:
+        now = found.get((tenant_id, user_id))
+        answers.append((False, 0) if now is None else (now[0] == stamp, now[1]))
+    return answers
 
 
 def _head(tenant_id: int) -> int:
@@ -480,20 +496,24 @@ def _int_field(data: dict[str, Any], name: str, *, minimum: int = 1) -> int:
 
 _background: set[asyncio.Task[None]] = set()  # offline announcements that outlive their socket
 
-class PresenceBatch:
-    """One presence call that many sockets of this event loop make at the same moment, run as one: one trip to a
-    thread and one round trip to the store for all of them (`presence.connections_open` and the like).
+
+class SocketBatch:
+    """One blocking call that many sockets of this event loop make at the same moment, run as one: one trip to a
+    thread and one round trip to the store for all of them (`presence.connections_open`, `_handshake_states` ...).
 
     A storm (a balancer restart, a deploy: bench M8) opens or closes thousands of sockets within a second, and each
-    open, close and offline check was a thread hop and a Redis round trip of its own. A socket still awaits its own
-    answer, in the order it asked. While one batch runs, the next one gathers what comes in meanwhile, so under load
-    the batches grow and when idle a call goes at once (after the sockets of the same loop turn joined it). A
-    failure reaches every call of its batch, as it would have reached each one."""
+    open, close, offline check and handshake read was a thread hop and a round trip of its own. A socket still
+    awaits its own answer, in the order it asked. While one batch runs, the next one gathers what comes in
+    meanwhile, so under load the batches grow and when idle a call goes at once (after the sockets of the same loop
+    turn joined it). A failure reaches every call of its batch, as it would have reached each one. With `database`,
+    the batch runs like socket_db's calls (on their threads, the connection handled as database_sync_to_async
+    does); otherwise on the loop's default executor, as presence calls did."""
 
     MAX_BATCH: Final = 1000
 
-    def __init__(self, run_many: Callable[[list[Any]], list[Any]]) -> None:
+    def __init__(self, run_many: Callable[[list[Any]], list[Any]], *, database: bool = False) -> None:
         self.run_many = run_many
+        self.database = database
         self.pending: list[tuple[Any, asyncio.Future[Any]]] = []
         self.draining = False
 
@@ -508,15 +528,19 @@ class PresenceBatch:
             task.add_done_callback(_background.discard)
         return await answer
 
+    def _runner(self) -> Callable[[list[Any]], Awaitable[list[Any]]]:
+        if self.database:
+            return socket_db(self.run_many)
+        return sync_to_async(self.run_many, thread_sensitive=False, context=contextvars.copy_context())
+
     async def _drain(self) -> None:
         batch: list[tuple[Any, asyncio.Future[Any]]] = []
         try:
             await asyncio.sleep(0)  # the other sockets of this loop turn join the batch
             while self.pending:
                 batch, self.pending = self.pending[: self.MAX_BATCH], self.pending[self.MAX_BATCH :]
-                run = sync_to_async(self.run_many, thread_sensitive=False, context=contextvars.copy_context())
                 try:
-                    answers = await run([item for item, _ in batch])
+                    answers = await self._runner()([item for item, _ in batch])
                 except Exception as exc:
                     for _, answer in batch:
                         if not answer.done():
@@ -533,17 +557,17 @@ class PresenceBatch:
             self.draining = False
 
 
-_presence_batches: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[Any, PresenceBatch]] = (
+_socket_batches: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[Any, SocketBatch]] = (
     weakref.WeakKeyDictionary()
 )
 
 
-def presence_batch(run_many: Callable[[list[Any]], list[Any]]) -> PresenceBatch:
+def socket_batch(run_many: Callable[[list[Any]], list[Any]], *, database: bool = False) -> SocketBatch:
     """The running event loop's batch for run_many (its futures belong to that loop)."""
-    batches = _presence_batches.setdefault(asyncio.get_running_loop(), {})
+    batches = _socket_batches.setdefault(asyncio.get_running_loop(), {})
     batch = batches.get(run_many)
     if batch is None:
-        batch = batches[run_many] = PresenceBatch(run_many)
+        batch = batches[run_many] = SocketBatch(run_many, database=database)
     return batch
 
 
@@ -793,7 +817,9 @@ class InboxConsumer(AsyncWebsocketConsumer):
         for group in (events.tenant_group(self.tenant_id), events.user_group(self.user_id)):
             await self._join(group)
         await self.accept()
-        allowed, self.delivered = await socket_db(_handshake_state)(self.tenant_id, self.user_id, self.stamp)
+        allowed, self.delivered = await socket_batch(_handshake_states, database=True)(
+            (self.tenant_id, self.user_id, self.stamp)
+        )
         self.hello_seq = self.delivered
         if not allowed:  # revoked (or the password changed) while connecting: its notice may predate the join
             await self._shutdown(CLOSE_FORBIDDEN)
@@ -801,7 +827,7 @@ class InboxConsumer(AsyncWebsocketConsumer):
         self.authenticated = True
         metrics.OPEN_SOCKETS.inc()
         became_online, online = await self._presence(
-            presence_batch(presence.connections_open), (self.tenant_id, self.user_id, self.conn_id)
+            socket_batch(presence.connections_open), (self.tenant_id, self.user_id, self.conn_id)
         ) or (False, None)
         await self._send_frame(
             events.frame(
@@ -852,9 +878,7 @@ class InboxConsumer(AsyncWebsocketConsumer):
                     presence.conversation_unview, self.tenant_id, conversation_id, self.user_id, self.conn_id
                 )
                 await self._broadcast_viewers(conversation_id)
-            await self._presence(
-                presence_batch(presence.connections_drop), (self.tenant_id, self.user_id, self.conn_id)
-            )
+            await self._presence(socket_batch(presence.connections_drop), (self.tenant_id, self.user_id, self.conn_id))
         except Exception:
             logger.warning("socket clean-up failed", exc_info=True)
         grace = presence.offline_grace()
@@ -1251,10 +1275,10 @@ class InboxConsumer(AsyncWebsocketConsumer):
             logger.warning("channel layer send to %s failed", group, exc_info=True)
 
     async def _presence(self, func: Any, *args: Any) -> Any:
-        """Presence calls block on Redis: run them off the event loop, outside Django's DB thread (a PresenceBatch
+        """Presence calls block on Redis: run them off the event loop, outside Django's DB thread (a SocketBatch
         does that itself, for many sockets at once)."""
         try:
-            if isinstance(func, PresenceBatch):
+            if isinstance(func, SocketBatch):
                 return await func(*args)
             # In a copy of the context that is not copied back: see socket_db.
             return await sync_to_async(func, thread_sensitive=False, context=contextvars.copy_context())(*args)
@@ -1470,7 +1494,7 @@ async def _settle(layer: Any, tenant_id: int, user_id: int, delay: float) -> Non
     if delay > 0:
         await asyncio.sleep(delay)
     try:
-        if await presence_batch(presence.users_settle)((tenant_id, user_id)):
+        if await socket_batch(presence.users_settle)((tenant_id, user_id)):
             message = {
                 "type": events.LAYER_EVENT,
                 "tenant_id": tenant_id,

@@ -504,19 +504,19 @@ async def test_an_event_committed_during_the_handshake_arrives_once(
 ) -> None:
     """The consumer has joined the tenant group; an event commits just before or just after it reads the head."""
     await database_sync_to_async(append_messages)(world.acme_conversation.pk, world.acme.pk, 1)
-    real_state = consumers._handshake_state  # the read of the head (with the membership re-check)
+    real_state = consumers._handshake_states  # the read of the head (with the membership re-check)
 
-    def state_with_a_write(tenant_id: int, user_id: int, stamp: str) -> tuple[bool, int]:
+    def state_with_a_write(sockets: list[tuple[int, int, str]]) -> list[tuple[bool, int]]:
         if when == "before_head":
             append_messages(world.acme_conversation.pk, world.acme.pk, 1)
-            return real_state(tenant_id, user_id, stamp)
-        value = real_state(tenant_id, user_id, stamp)
+            return real_state(sockets)
+        value = real_state(sockets)
         append_messages(world.acme_conversation.pk, world.acme.pk, 1)
         return value
 
-    monkeypatch.setattr(consumers, "_handshake_state", state_with_a_write)
+    monkeypatch.setattr(consumers, "_handshake_states", state_with_a_write)
     alice_ws, hello = await open_socket(world.alice, sync=False)
-    monkeypatch.setattr(consumers, "_handshake_state", real_state)
+    monkeypatch.setattr(consumers, "_handshake_states", real_state)
     await send(alice_ws, "sync", {"since": 2})  # the client had seen the first message
     frames = []
     while True:
@@ -1097,3 +1097,29 @@ async def test_a_sockets_thread_calls_leave_its_context_as_it_was() -> None:
     before = len(contextvars.copy_context())
     await consumers.socket_db(touch)()
     assert len(contextvars.copy_context()) == before
+
+
+async def test_handshakes_read_together_each_get_their_own_tenant_head_and_verdict(world: World) -> None:
+    """Sockets of two tenants whose handshakes read at the same moment: each socket's verdict (active member, same
+    password) and its own tenant's head; a tenant's sockets never see another's head."""
+    await database_sync_to_async(append_messages)(world.acme_conversation.pk, world.acme.pk, 2)  # acme head 4
+
+    def stamp(user: User) -> str:
+        return consumers.credential_stamp(user.password, user.credentials_epoch)
+
+    bob_stale = consumers.credential_stamp("an older password hash", world.bob.credentials_epoch)
+    sockets = [
+        (world.acme.pk, world.alice.pk, stamp(world.alice)),
+        (world.globex.pk, world.charlie.pk, stamp(world.charlie)),
+        (world.acme.pk, world.bob.pk, bob_stale),  # the password changed since the ticket
+        (world.acme.pk, world.charlie.pk, stamp(world.charlie)),  # not a member of acme
+        (world.acme.pk, world.alice.pk, stamp(world.alice)),  # a second tab
+    ]
+    answers = await database_sync_to_async(consumers._handshake_states)(sockets)
+    assert answers == [(True, 4), (True, 0), (False, 4), (False, 0), (True, 4)]
+    assert await database_sync_to_async(consumers._handshake_states)([]) == []
+
+    sockets_at_once = [open_socket(user) for user in (world.alice, world.bob, world.alice)]
+    opened = await asyncio.gather(*sockets_at_once)
+    assert [hello["data"]["seq"] for _, hello in opened] == [4, 4, 4]
+    await close(*(ws for ws, _ in opened))

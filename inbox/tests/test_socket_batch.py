@@ -1,4 +1,4 @@
-"""PresenceBatch: the presence calls that many sockets make at once go to the store together, each socket still
+"""SocketBatch: the presence calls that many sockets make at once go to the store together, each socket still
 getting its own answer."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from inbox.consumers import PresenceBatch, presence_batch
+from inbox.consumers import SocketBatch, socket_batch
 
 
 class Recorder:
@@ -30,7 +30,7 @@ class Recorder:
 
 async def test_calls_of_one_loop_turn_go_as_one_batch_and_each_gets_its_own_answer() -> None:
     run = Recorder()
-    batch = PresenceBatch(run)
+    batch = SocketBatch(run)
     answers = await asyncio.gather(*(batch(i) for i in range(20)))
     assert answers == [i * 10 for i in range(20)]
     assert run.batches == [list(range(20))]
@@ -39,7 +39,7 @@ async def test_calls_of_one_loop_turn_go_as_one_batch_and_each_gets_its_own_answ
 async def test_calls_made_while_a_batch_runs_gather_into_the_next_one() -> None:
     run = Recorder()
     run.gate.clear()
-    batch = PresenceBatch(run)
+    batch = SocketBatch(run)
     first = [asyncio.ensure_future(batch(i)) for i in range(3)]
     while not run.batches:  # the first batch is in its thread, held
         await asyncio.sleep(0.001)
@@ -55,7 +55,7 @@ async def test_calls_made_while_a_batch_runs_gather_into_the_next_one() -> None:
 
 async def test_a_failure_reaches_every_call_of_its_batch_and_the_next_batch_still_runs() -> None:
     run = Recorder(fail_on=2)
-    batch = PresenceBatch(run)
+    batch = SocketBatch(run)
     results = await asyncio.gather(*(batch(i) for i in range(4)), return_exceptions=True)
     assert all(isinstance(r, ConnectionError) for r in results), results
     assert await asyncio.gather(batch(5), batch(6)) == [50, 60]
@@ -64,7 +64,7 @@ async def test_a_failure_reaches_every_call_of_its_batch_and_the_next_batch_stil
 async def test_a_caller_that_gives_up_leaves_the_others_their_answers() -> None:
     run = Recorder()
     run.gate.clear()
-    batch = PresenceBatch(run)
+    batch = SocketBatch(run)
     calls = [asyncio.ensure_future(batch(i)) for i in range(3)]
     while not run.batches:
         await asyncio.sleep(0.001)
@@ -77,13 +77,13 @@ async def test_a_caller_that_gives_up_leaves_the_others_their_answers() -> None:
 
 async def test_batches_are_kept_per_function_and_event_loop() -> None:
     run_a, run_b = Recorder(), Recorder()
-    assert presence_batch(run_a) is presence_batch(run_a)
-    assert presence_batch(run_a) is not presence_batch(run_b)
-    mine = presence_batch(run_a)
+    assert socket_batch(run_a) is socket_batch(run_a)
+    assert socket_batch(run_a) is not socket_batch(run_b)
+    mine = socket_batch(run_a)
 
-    def other_loop() -> PresenceBatch:
-        async def get() -> PresenceBatch:
-            return presence_batch(run_a)
+    def other_loop() -> SocketBatch:
+        async def get() -> SocketBatch:
+            return socket_batch(run_a)
 
         return asyncio.run(get())
 
