@@ -54,7 +54,7 @@ from inbox.services import read_marker_set
 from tenants.models import Membership, Tenant
 from tenants.scoping import tenant_scope
 from tenants.selectors import membership_get
-from tenants.tickets import ticket_admit
+from tenants.tickets import Admission, ticket_admit, tickets_admit
 
 logger = logging.getLogger(__name__)
 
@@ -228,18 +228,7 @@ def _authenticate(scope: dict[str, Any], slug: str) -> tuple[Membership | None, 
     re-check after the socket joined its groups."""
     ticket = ticket_param(scope)
     if ticket is not None:
-        # Ticket clients need no cookie and may send no Origin; a foreign Origin never got this far (403).
-        admission = ticket_admit(token=ticket, tenant_slug=slug)
-        if admission is None:
-            return None, CLOSE_UNAUTHENTICATED, ""
-        membership = admission.membership
-        if membership is None:
-            return None, CLOSE_FORBIDDEN, ""
-        return (
-            membership,
-            CLOSE_FORBIDDEN,
-            credential_stamp(membership.user.password, membership.user.credentials_epoch),
-        )
+        return _admitted(ticket_admit(token=ticket, tenant_slug=slug))
     # A cookie is sent by the browser whatever page opened the socket: trust it only from our own origins.
     # (routing.ForeignOriginGuard refuses a cookie without an Origin with 403 already; this is the second line.)
     if origin_allowed(scope) is not True:
@@ -252,6 +241,17 @@ def _authenticate(scope: dict[str, Any], slug: str) -> tuple[Membership | None, 
         CLOSE_FORBIDDEN,
         credential_stamp(user.password, user.credentials_epoch),
     )
+
+
+def _admitted(admission: Admission | None) -> tuple[Membership | None, int, str]:
+    """_authenticate's answer for a ticket just spent (or not). Ticket clients need no cookie and may send no
+    Origin; a foreign Origin never got this far (403)."""
+    if admission is None:
+        return None, CLOSE_UNAUTHENTICATED, ""
+    membership = admission.membership
+    if membership is None:
+        return None, CLOSE_FORBIDDEN, ""
+    return membership, CLOSE_FORBIDDEN, credential_stamp(membership.user.password, membership.user.credentials_epoch)
 
 
 def _allowed_stamps(tenant_id: int, user_ids: set[int]) -> dict[int, str]:
@@ -783,7 +783,12 @@ class InboxConsumer(AsyncWebsocketConsumer):
         # Layer messages that reach the socket before `hello` went out wait here: `hello` is the first frame.
         self.early: list[dict[str, Any]] | None = []
         slug = self.scope["url_route"]["kwargs"]["slug"]
-        membership, code, stamp = await socket_db(_authenticate)(self.scope, slug)
+        ticket = ticket_param(self.scope)
+        if ticket is not None:  # spent together with the tickets of the sockets connecting at the same moment
+            admission = await socket_batch(tickets_admit, database=True)((ticket, slug))
+            membership, code, stamp = _admitted(admission)
+        else:
+            membership, code, stamp = await socket_db(_authenticate)(self.scope, slug)
         if membership is None:
             # Accept, then close with a code the client can act on (PROTOCOL.md): 4401 re-authenticate, 4403 no.
             await self.accept()

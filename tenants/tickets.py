@@ -148,6 +148,45 @@ def ticket_admit(*, token: str, tenant_slug: str) -> Admission | None:
     return Admission(user_id, tenant_id, _membership_from_row(rows[0]) if rows else None)
 
 
+# _grant_sql()[0] for several tickets of one tenant: the spend takes an array of hashes and returns which it spent.
+# Parameters: now, the hashes, now, the tenant's slug.
+@functools.cache
+def _grant_many_sql() -> str:
+    spend_and_grant = _grant_sql()[0]
+    one = "WHERE token_hash = %s AND used_at IS NULL"
+    assert one in spend_and_grant and spend_and_grant.count("RETURNING user_id, tenant_id") == 1
+    return (
+        spend_and_grant.replace(one, "WHERE token_hash = ANY(%s) AND used_at IS NULL")
+        .replace("RETURNING user_id, tenant_id", "RETURNING token_hash, user_id, tenant_id")
+        .replace("SELECT spent.user_id,", "SELECT spent.token_hash, spent.user_id,")
+    )
+
+
+def tickets_admit(tickets: list[tuple[str, str]]) -> list[Admission | None]:
+    """ticket_admit for several handshakes at once (token, tenant slug), the answers in the same order: on
+    PostgreSQL one statement per tenant slug among them, which spends that tenant's tickets together.
+
+    Single use holds within the batch too: of two handshakes with the same ticket, the first gets the admission and
+    the second None, as if the second had come after it.
+    """
+    if connection.vendor != "postgresql":
+        return [ticket_admit(token=token, tenant_slug=slug) for token, slug in tickets]
+    answers: list[Admission | None] = [None] * len(tickets)
+    by_slug: dict[str, dict[str, int]] = {}  # slug -> token hash -> the first handshake that asked with it
+    for index, (token, slug) in enumerate(tickets):
+        if _valid_token(token):
+            by_slug.setdefault(slug, {}).setdefault(_hash(token), index)
+    now = connection.ops.adapt_datetimefield_value(timezone.now())
+    for slug, first in by_slug.items():
+        rows = rls.fetch_in_tenant(
+            rls.TenantOf(_TENANT_OF_SLUG, (slug,)), _grant_many_sql(), [now, list(first), now, slug]
+        )
+        for token_hash, user_id, tenant_id, *grant in rows:
+            membership = _membership_from_row(tuple(grant)) if grant[0] is not None else None
+            answers[first[token_hash]] = Admission(int(user_id), int(tenant_id), membership)
+    return answers
+
+
 def ticket_consume(*, token: str, tenant_slug: str) -> User | None:
     """Use up a valid ticket of that tenant and return its user; None when unknown, expired, used or foreign."""
     spent = ticket_spend(token=token, tenant_slug=tenant_slug)

@@ -274,6 +274,25 @@ async def test_it_accepts_a_ticket_without_origin_once(world: World) -> None:
     assert await refused(communicator("acme", query=f"ticket={token}", headers=[])) == 4401  # single use
 
 
+async def test_sockets_connecting_together_with_tickets_each_get_their_own_and_a_ticket_opens_one(
+    world: World,
+) -> None:
+    """Handshakes at the same moment spend their tickets together: each socket is its ticket's user, a ticket
+    presented twice at once opens one socket (the other closes 4401), a non-member's closes 4403."""
+    issue = database_sync_to_async(ticket_issue)
+    alice, _ = await issue(user=world.alice, tenant=world.acme)
+    bob, _ = await issue(user=world.bob, tenant=world.acme)
+    outsider, _ = await issue(user=world.charlie, tenant=world.acme)
+    comms = [communicator("acme", query=f"ticket={t}", headers=[]) for t in (alice, bob, alice, outsider)]
+    await asyncio.gather(*(comm.connect(timeout=5) for comm in comms))
+    first = [await comm.receive_output(timeout=5) for comm in comms]
+    hellos = [json.loads(o["text"]) for o in first if o["type"] == "websocket.send"]
+    assert sorted(h["data"]["user"]["id"] for h in hellos) == sorted([world.alice.pk, world.bob.pk])
+    closes = sorted(o["code"] for o in first if o["type"] == "websocket.close")
+    assert closes == [4401, 4403]
+    await close(*comms)
+
+
 async def test_it_refuses_bad_or_foreign_tickets(world: World) -> None:
     assert await refused(communicator("acme", query="ticket=nope", headers=[])) == 4401
     # A globex ticket does not open acme (and is not used up by trying).

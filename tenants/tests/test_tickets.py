@@ -13,7 +13,7 @@ from django.utils import timezone
 from inbox.tests.fixtures import World
 from tenants.models import Membership, SocketTicket
 from tenants.scoping import scopes_disabled
-from tenants.tickets import ticket_admit, ticket_issue, ticket_prune_unsafe, ticket_redeem
+from tenants.tickets import ticket_admit, ticket_issue, ticket_prune_unsafe, ticket_redeem, tickets_admit
 
 
 def test_it_issues_a_random_ticket_valid_for_60_seconds_and_stores_only_its_hash(world: World) -> None:
@@ -134,3 +134,50 @@ def test_two_handshakes_racing_with_one_ticket_get_one_socket(world: World, requ
         t.join()
     assert len(results) == 4
     assert sum(r is not None for r in results) == 1
+
+
+def test_tickets_admitted_together_answer_as_one_at_a_time(world: World) -> None:
+    """Handshakes of two tenants spent in one call (the consumer's batch): each answer is the one ticket_admit would
+    give, in order; the same ticket twice admits only the first; a foreign ticket is not used up by the attempt."""
+    alice, _ = ticket_issue(user=world.alice, tenant=world.acme)
+    bob, _ = ticket_issue(user=world.bob, tenant=world.acme)
+    charlie, _ = ticket_issue(user=world.charlie, tenant=world.globex)
+    outsider, _ = ticket_issue(user=world.charlie, tenant=world.acme)  # not a member of acme
+    expired, _ = ticket_issue(user=world.alice, tenant=world.acme)
+    with scopes_disabled():
+        SocketTicket.objects.filter(token_hash=hashlib.sha256(expired.encode()).hexdigest()).update(
+            expires_at=timezone.now() - timedelta(seconds=1)
+        )
+    foreign, _ = ticket_issue(user=world.bob, tenant=world.acme)
+    answers = tickets_admit(
+        [
+            (alice, "acme"),
+            (charlie, "globex"),
+            (alice, "acme"),  # the same ticket again, in the same batch
+            (bob, "acme"),
+            (outsider, "acme"),
+            (expired, "acme"),
+            (foreign, "globex"),  # acme's ticket at globex's door
+            ("", "acme"),
+            ("x" * 10_000, "acme"),
+            (bob, "no-such-tenant"),
+        ]
+    )
+    admitted = [(a.user_id, a.tenant_id, a.membership is not None) if a else None for a in answers]
+    assert admitted == [
+        (world.alice.pk, world.acme.pk, True),
+        (world.charlie.pk, world.globex.pk, True),
+        None,
+        (world.bob.pk, world.acme.pk, True),
+        (world.charlie.pk, world.acme.pk, False),
+        None,
+        None,
+        None,
+        None,
+        None,
+    ]
+    membership = answers[1].membership if answers[1] else None
+    assert membership is not None and (membership.tenant.slug, membership.user.username) == ("globex", "charlie")
+    assert tickets_admit([(alice, "acme"), (bob, "acme"), (charlie, "globex")]) == [None, None, None]  # used up
+    assert ticket_admit(token=foreign, tenant_slug="acme") is not None  # the wrong door did not use it up
+    assert tickets_admit([]) == []
