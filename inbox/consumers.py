@@ -1089,6 +1089,8 @@ class InboxConsumer(AsyncWebsocketConsumer):
         try:
             async with self.deliver_lock:
                 await self._deliver(frame)
+        except Disconnected:  # the client went while this frame waited its turn: its disconnect is on its way
+            self.closing = True
         finally:
             self.slow -= 1
 

@@ -1142,3 +1142,21 @@ async def test_handshakes_read_together_each_get_their_own_tenant_head_and_verdi
     opened = await asyncio.gather(*sockets_at_once)
     assert [hello["data"]["seq"] for _, hello in opened] == [4, 4, 4]
     await close(*(ws for ws, _ in opened))
+
+
+async def test_a_frame_waiting_its_turn_for_a_socket_that_went_away_is_dropped_quietly() -> None:
+    """A durable frame queued behind a replay (the slow path) whose client disconnected meanwhile: no "Task
+    exception was never retrieved" in the log, and the socket counts as closing."""
+    from autobahn.exception import Disconnected
+
+    consumer = consumers.InboxConsumer()
+    consumer.deliver_lock = asyncio.Lock()
+    consumer.slow = 1
+    consumer.closing = False
+
+    async def gone(frame: Any) -> None:
+        raise Disconnected("Attempt to send on a closed protocol")
+
+    consumer._deliver = gone  # type: ignore[method-assign]
+    await consumer._deliver_slow({"type": "message:new", "data": {}, "seq": 7})
+    assert consumer.closing is True and consumer.slow == 0
