@@ -99,6 +99,10 @@ def _sync_start(tenant_id: int, since: int, limit: int) -> tuple[bool, int, list
     return gap, head, [] if gap else _events_after(tenant_id, since, None, limit)
 
 
+def _sync_starts(syncs: list[tuple[int, int, int]]) -> list[tuple[bool, int, list[events.Frame]]]:
+    return [_sync_start(*sync) for sync in syncs]
+
+
 DATABASE: dict[str, Callable[..., Any]] = {
     f.__name__: f
     for f in (
@@ -109,6 +113,7 @@ DATABASE: dict[str, Callable[..., Any]] = {
         _read,
         _sync_gap,
         _sync_start,
+        _sync_starts,
         _events_after,
     )
 }

@@ -364,6 +364,41 @@ def _sync_start(tenant_id: int, since: int, limit: int) -> tuple[bool, int, list
     return False, head, [_log_frame(tenant_id, *row[2:]) for row in rows]
 
 
+def _sync_starts(syncs: list[tuple[int, int, int]]) -> list[tuple[bool, int, list[events.Frame]]]:
+    """_sync_start for the sockets (tenant id, since, limit) that sync at the same moment (a SocketBatch: a
+    reconnect storm). A tenant's sockets whose `since` lie within a page of each other share one read, from the
+    lowest of them, of a page that long plus the spread; each takes its own answer from it. The answers are those
+    of _sync_start: the read has at least `limit` events after each one's `since` (or all there are), and the same
+    head and oldest seq. A socket the shared read cannot answer (the lowest `since` is past the log's start but its
+    own is not) reads on its own."""
+    answers: list[tuple[bool, int, list[events.Frame]] | None] = [None] * len(syncs)
+    by_tenant: dict[int, list[int]] = {}
+    for index, (tenant_id, _, _) in enumerate(syncs):
+        by_tenant.setdefault(tenant_id, []).append(index)
+    for tenant_id, indexes in by_tenant.items():
+        indexes.sort(key=lambda i: syncs[i][1])
+        while indexes:
+            low, limit = syncs[indexes[0]][1], syncs[indexes[0]][2]
+            group = [i for i in indexes if syncs[i][1] - low <= limit and syncs[i][2] == limit]
+            taken = set(group)
+            indexes = [i for i in indexes if i not in taken]
+            spread = syncs[group[-1]][1] - low
+            params = [tenant_id, tenant_id, low, low, tenant_id, limit + spread, tenant_id]
+            rows = rls.fetch_in_tenant(tenant_id, _SYNC_START_SQL, params)
+            head, first = (int(rows[0][0] or 0), rows[0][1]) if rows else (0, None)
+            paged = bool(rows) and rows[0][4] is not None
+            for i in group:
+                since = syncs[i][1]
+                if _is_gap(since, head, first):
+                    answers[i] = (True, head, [])
+                elif paged:
+                    page = [row for row in rows if row[4] > since][:limit]
+                    answers[i] = (False, head, [_log_frame(tenant_id, *row[2:]) for row in page])
+                elif not _is_gap(low, head, first):  # no events after the lowest since: none after this one
+                    answers[i] = (False, head, [])
+    return [answer if answer is not None else _sync_start(*syncs[i]) for i, answer in enumerate(answers)]
+
+
 # Parameters: tenant id, after, up to (inclusive), limit.
 _EVENTS_AFTER_SQL: Final = (
     f"SELECT type, data, seq, created_at FROM {TenantEvent._meta.db_table}"
@@ -1162,7 +1197,9 @@ class InboxConsumer(AsyncWebsocketConsumer):
                     gap, head = False, since
                 else:
                     # The gap check and the replay's first page in one read (one thread hop, one statement).
-                    gap, head, page = await socket_db(_sync_start)(self.tenant_id, since, REPLAY_PAGE)
+                    gap, head, page = await socket_batch(_sync_starts, database=True)(
+                        (self.tenant_id, since, REPLAY_PAGE)
+                    )
                 if gap:
                     await self._error(
                         "sync_gap",

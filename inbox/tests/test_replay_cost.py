@@ -88,7 +88,7 @@ async def test_a_sync_behind_the_head_reads_its_gap_check_and_first_page_in_one_
     calls = socket_db_calls(monkeypatch)
     frames = await synced(alice_ws, 2, 8)
     assert [f["seq"] for f in frames] == [3, 4, 5, 6, 7, 8]
-    assert calls == ["_sync_start"]
+    assert calls == ["_sync_starts"]
     await close(alice_ws)
 
 
@@ -101,10 +101,10 @@ async def test_a_replay_longer_than_a_page_goes_on_from_the_first_page(
     calls = socket_db_calls(monkeypatch)
     frames = await synced(alice_ws, 0, 10)
     assert [f["seq"] for f in frames] == list(range(1, 11))
-    assert calls == ["_sync_start", "_events_after", "_events_after", "_events_after"]  # 1-3, 4-6, 7-9, 10
+    assert calls == ["_sync_starts", "_events_after", "_events_after", "_events_after"]  # 1-3, 4-6, 7-9, 10
     calls.clear()
     assert await synced(alice_ws, 9, 10) == frames[-1:]  # a page that is exactly the rest
-    assert calls == ["_sync_start"]
+    assert calls == ["_sync_starts"]
     await close(alice_ws)
 
 
@@ -136,6 +136,36 @@ def test_the_first_read_of_a_sync_answers_what_the_gap_check_and_a_page_read_ans
         TenantEvent.objects.filter(tenant=world.globex).delete()  # an emptied log keeps its head
     assert consumers._sync_start(world.globex.pk, 0, 100) == (True, 2, [])
     assert consumers._sync_start(world.globex.pk, 2, 100) == (False, 2, [])
+
+
+def test_syncs_read_together_answer_as_each_one_alone(world: World) -> None:
+    """_sync_starts (the sockets of a storm syncing at the same moment) gives every socket what _sync_start gives it:
+    sockets within a page of each other share a read; one whose lowest neighbour is past the log's start, one far
+    behind and another tenant's each still get their own answer."""
+    append_messages(world.acme_conversation.pk, world.acme.pk, 6)  # acme: seq 1-12
+    append_messages(world.globex_conversation.pk, world.globex.pk, 1)  # globex: its own seq 1-2
+    with scopes_disabled():
+        TenantEvent.objects.filter(tenant=world.acme, seq__lte=2).delete()  # pruned: the oldest retained is 3
+    acme, globex = world.acme.pk, world.globex.pk
+    syncs = [
+        (acme, 5, 3),
+        (acme, 2, 3),  # the lowest without a gap: 3-5
+        (acme, 0, 3),  # gap (1-2 are gone), grouped with 2 and 3
+        (acme, 3, 3),
+        (acme, 12, 3),  # at the head
+        (acme, 9, 3),  # a page beyond the lowest: a group of its own
+        (acme, 13, 3),  # ahead of the log: gap
+        (globex, 0, 3),
+        (globex, 1, 3),
+        (acme, 5, 3),  # the same since twice
+        (acme, 10, 100),  # another page size
+    ]
+    assert consumers._sync_starts(syncs) == [consumers._sync_start(*sync) for sync in syncs]
+    assert consumers._sync_starts([(acme, 0, 3)]) == [(True, 12, [])]  # alone: the gap itself
+    assert consumers._sync_starts([]) == []
+    with scopes_disabled():
+        TenantEvent.objects.filter(tenant=world.acme).delete()  # an emptied log keeps its head
+    assert consumers._sync_starts([(acme, 12, 3), (acme, 11, 3)]) == [(False, 12, []), (True, 12, [])]
 
 
 def test_a_tenant_that_never_logged_an_event_syncs_from_zero_only(world: World) -> None:
