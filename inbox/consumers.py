@@ -343,7 +343,7 @@ _SYNC_START_SQL: Final = (
     " p.type, p.data, p.seq, p.created_at"
     f" FROM {EventSequence._meta.db_table} s LEFT JOIN ("
     f"SELECT type, data, seq, created_at FROM {TenantEvent._meta.db_table} WHERE tenant_id = %s AND seq > %s"
-    f" AND %s + 1 >= (SELECT e.seq FROM {TenantEvent._meta.db_table} e WHERE e.tenant_id = %s ORDER BY e.seq LIMIT 1)"
+    f" AND %s >= (SELECT e.seq FROM {TenantEvent._meta.db_table} e WHERE e.tenant_id = %s ORDER BY e.seq LIMIT 1) - 1"
     " ORDER BY seq LIMIT %s) p ON 1 = 1"
     " WHERE s.tenant_id = %s ORDER BY p.seq"
 )

@@ -168,6 +168,20 @@ def test_syncs_read_together_answer_as_each_one_alone(world: World) -> None:
     assert consumers._sync_starts([(acme, 12, 3), (acme, 11, 3)]) == [(False, 12, []), (True, 12, [])]
 
 
+async def test_a_sync_from_the_largest_seq_is_a_gap_not_a_failure(world: World) -> None:
+    """`since` may be any integer up to 2**63 - 1 (the protocol's bound): the first read compared `since + 1` in SQL,
+    which overflowed PostgreSQL's bigint there and answered "internal" (found by tests/hostile's fuzzer)."""
+    await database_sync_to_async(append_messages)(world.acme_conversation.pk, world.acme.pk, 1)  # seq 1-2
+    biggest = 2**63 - 1
+    assert await database_sync_to_async(consumers._sync_start)(world.acme.pk, biggest, 100) == (True, 2, [])
+    assert await database_sync_to_async(consumers._sync_starts)([(world.acme.pk, biggest, 100)]) == [(True, 2, [])]
+    alice_ws, _ = await open_socket(world.alice)
+    await send(alice_ws, "sync", {"since": biggest})
+    error = await next_of(alice_ws, "error")
+    assert error["data"]["code"] == "sync_gap" and error["data"]["seq"] == 2, error
+    await close(alice_ws)
+
+
 def test_a_tenant_that_never_logged_an_event_syncs_from_zero_only(world: World) -> None:
     assert consumers._sync_start(world.acme.pk, 0, 100) == (False, 0, [])
     assert consumers._sync_start(world.acme.pk, 1, 100) == (True, 0, [])
