@@ -45,13 +45,19 @@ def ticket_issue(*, user: User, tenant: Tenant) -> tuple[str, datetime]:
     return token, expires_at
 
 
-# One conditional UPDATE: "single use" holds under concurrency because of two handshakes racing with one ticket,
-# exactly one changes the row. Parameters: now, the token's hash, now, the tenant's slug.
-_SPEND_SQL: Final = (
-    f"UPDATE {SocketTicket._meta.db_table} SET used_at = %s"
-    " WHERE token_hash = %s AND used_at IS NULL AND expires_at > %s"
-    f" AND tenant_id = (SELECT id FROM {Tenant._meta.db_table} WHERE slug = %s) RETURNING user_id, tenant_id"
-)
+def _spend_sql(hash_match: str, returning: str) -> str:
+    """One conditional UPDATE: "single use" holds under concurrency because of two handshakes racing with one ticket,
+    exactly one changes the row. Parameters: now, the token's hash (or an array of them), now, the tenant's slug."""
+    return (
+        f"UPDATE {SocketTicket._meta.db_table} SET used_at = %s"
+        f" WHERE token_hash {hash_match} AND used_at IS NULL AND expires_at > %s"
+        f" AND tenant_id = (SELECT id FROM {Tenant._meta.db_table} WHERE slug = %s) RETURNING {returning}"
+    )
+
+
+_SPEND_SQL: Final = _spend_sql("= %s", "user_id, tenant_id")
+# The same for several tickets of one tenant: it returns which hashes it spent.
+_SPEND_MANY_SQL: Final = _spend_sql("= ANY(%s)", "token_hash, user_id, tenant_id")
 _TENANT_OF_SLUG: Final = f"SELECT id FROM {Tenant._meta.db_table} WHERE slug = %s"
 
 _GRANT_JOIN: Final = (
@@ -67,18 +73,29 @@ def _grant_sql() -> tuple[str, str]:
     the membership is read in the slug's tenant scope (row-level security applies to both tables;
     rls.fetch_in_tenant sends the scope in the same round trip); SQLite has no UPDATE in WITH. Parameters of the
     second: tenant id, user id."""
-    db = connection.alias
-    select = ", ".join([row_columns(Membership, "m", db), row_columns(Tenant, "t", db), row_columns(User, "u", db)])
-    spend_and_grant = (
-        f"WITH spent AS ({_SPEND_SQL}) SELECT spent.user_id, spent.tenant_id, {select} FROM spent"
-        f" LEFT JOIN ({Membership._meta.db_table} m{_GRANT_JOIN})"
-        " ON m.tenant_id = spent.tenant_id AND m.user_id = spent.user_id AND m.is_active"
-    )
+    select = _grant_columns()
     grant = (
         f"SELECT {select} FROM {Membership._meta.db_table} m{_GRANT_JOIN}"
         " WHERE m.tenant_id = %s AND m.user_id = %s AND m.is_active"
     )
-    return spend_and_grant, grant
+    return _spend_and_grant_sql(many=False), grant
+
+
+def _grant_columns() -> str:
+    db = connection.alias
+    return ", ".join([row_columns(Membership, "m", db), row_columns(Tenant, "t", db), row_columns(User, "u", db)])
+
+
+@functools.cache
+def _spend_and_grant_sql(*, many: bool) -> str:
+    """The spend and the membership it grants in one statement (PostgreSQL); with `many`, for an array of hashes,
+    each row led by the hash it spent."""
+    spend, lead = (_SPEND_MANY_SQL, "spent.token_hash, ") if many else (_SPEND_SQL, "")
+    return (
+        f"WITH spent AS ({spend}) SELECT {lead}spent.user_id, spent.tenant_id, {_grant_columns()} FROM spent"
+        f" LEFT JOIN ({Membership._meta.db_table} m{_GRANT_JOIN})"
+        " ON m.tenant_id = spent.tenant_id AND m.user_id = spent.user_id AND m.is_active"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,20 +165,6 @@ def ticket_admit(*, token: str, tenant_slug: str) -> Admission | None:
     return Admission(user_id, tenant_id, _membership_from_row(rows[0]) if rows else None)
 
 
-# _grant_sql()[0] for several tickets of one tenant: the spend takes an array of hashes and returns which it spent.
-# Parameters: now, the hashes, now, the tenant's slug.
-@functools.cache
-def _grant_many_sql() -> str:
-    spend_and_grant = _grant_sql()[0]
-    one = "WHERE token_hash = %s AND used_at IS NULL"
-    assert one in spend_and_grant and spend_and_grant.count("RETURNING user_id, tenant_id") == 1
-    return (
-        spend_and_grant.replace(one, "WHERE token_hash = ANY(%s) AND used_at IS NULL")
-        .replace("RETURNING user_id, tenant_id", "RETURNING token_hash, user_id, tenant_id")
-        .replace("SELECT spent.user_id,", "SELECT spent.token_hash, spent.user_id,")
-    )
-
-
 def tickets_admit(tickets: list[tuple[str, str]]) -> list[Admission | None]:
     """ticket_admit for several handshakes at once (token, tenant slug), the answers in the same order: on
     PostgreSQL one statement per tenant slug among them, which spends that tenant's tickets together.
@@ -179,7 +182,7 @@ def tickets_admit(tickets: list[tuple[str, str]]) -> list[Admission | None]:
     now = connection.ops.adapt_datetimefield_value(timezone.now())
     for slug, first in by_slug.items():
         rows = rls.fetch_in_tenant(
-            rls.TenantOf(_TENANT_OF_SLUG, (slug,)), _grant_many_sql(), [now, list(first), now, slug]
+            rls.TenantOf(_TENANT_OF_SLUG, (slug,)), _spend_and_grant_sql(many=True), [now, list(first), now, slug]
         )
         for token_hash, user_id, tenant_id, *grant in rows:
             membership = _membership_from_row(tuple(grant)) if grant[0] is not None else None
