@@ -126,6 +126,15 @@ LEAN_MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "django.middleware.common.CommonMiddleware",
 ]
+# A REST call authenticated by its bearer token alone (no cookie): config/http.py.
+BEARER_PATH_PREFIXES = ("/api/",)
+BEARER_MIDDLEWARE = [
+    "config.observability.RequestIdMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "csp.middleware.CSPMiddleware",
+]
 
 ROOT_URLCONF = "config.urls"
 TEMPLATES = [

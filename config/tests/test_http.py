@@ -124,6 +124,48 @@ def test_machine_paths_get_the_lean_chain_and_everything_else_the_full_one(setti
     assert "django.contrib.sessions.middleware.SessionMiddleware" in live.MIDDLEWARE
 
 
+def test_a_rest_call_with_a_bearer_token_and_no_cookie_gets_the_bearer_chain() -> None:
+    handler = _handler()
+    bearer = {"HTTP_AUTHORIZATION": "Bearer abc.def.ghi"}
+    assert handler.bearer is not None and handler.bearer is not handler.lean
+    assert handler.chain_for("/api/tenants/acme/conversations/", bearer) is handler.bearer
+    # A cookie may carry a session, a path outside the API may render a page, another scheme is not simplejwt's:
+    # each of them gets the full chain.
+    assert handler.chain_for("/api/tenants/", {**bearer, "HTTP_COOKIE": "sessionid=x"}) is handler
+    assert handler.chain_for("/t/acme/", bearer) is handler
+    assert handler.chain_for("/api/tenants/", {"HTTP_AUTHORIZATION": "Basic Ym9iOnB3"}) is handler
+    assert handler.chain_for("/api/tenants/", {}) is handler
+    assert handler.chain_for("/api/tenants/") is handler
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_bearer_rest_call_is_answered_through_the_bearer_chain_with_its_security_headers(world: Any) -> None:
+    from rest_framework_simplejwt.tokens import AccessToken
+
+    from config.asgi import application
+
+    access = str(AccessToken.for_user(world.bob))  # (no database: an access token is not recorded)
+    url = f"/api/tenants/{world.acme.slug}/conversations/"
+
+    status, headers, body = await _request(application, url, headers=[(b"authorization", f"Bearer {access}".encode())])
+    assert status == 200, body
+    assert isinstance(json.loads(body)["results"], list)
+    assert headers[b"X-Content-Type-Options"] == b"nosniff" and headers[b"X-Frame-Options"] == b"DENY"
+    assert b"Content-Security-Policy" in headers and b"X-Request-ID" in headers
+    assert b"Set-Cookie" not in headers and b"Vary" not in headers  # no session or htmx middleware looked at it
+
+    # A bad token is refused by the JWT authentication itself: 401 in the API's error shape, not a session fallback.
+    status, _, body = await _request(application, url, headers=[(b"authorization", b"Bearer not.a.token")])
+    assert status == 401 and json.loads(body)["error"]["code"] == "token_not_valid"
+    # Another tenant's data stays out of reach on this chain too.
+    status, _, body = await _request(
+        application,
+        f"/api/tenants/{world.globex.slug}/conversations/",
+        headers=[(b"authorization", f"Bearer {access}".encode())],
+    )
+    assert status == 404, body
+
+
 @pytest.mark.django_db(transaction=True)
 async def test_a_health_check_skips_the_page_middleware_and_a_page_does_not() -> None:
     from config.asgi import application
