@@ -214,3 +214,8 @@ if os.environ.get("BENCH_PERIODIC_LOG"):
     presence.heartbeat_many = _heartbeat_many_timed
     Sweeper.heartbeat = _timed("heartbeat", Sweeper.heartbeat)  # type: ignore[method-assign]
     Sweeper.sweep = _timed("sweep", Sweeper.sweep)  # type: ignore[method-assign]
+
+if os.environ.get("BENCH_TRACE"):  # a send's timeline (bench/trace.py): diagnostic, off by default
+    from bench import trace
+
+    trace.install()
