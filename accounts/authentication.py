@@ -44,14 +44,15 @@ class VerifiedTokens:
         try:
             token.check_exp(current_time=now())
         except TokenError:  # expired since: verified again, which refuses it with simplejwt's own error
-            self._tokens.pop(raw_token, None)
+            with self._lock:  # (every change under the lock: put's eviction iterates the dict)
+                self._tokens.pop(raw_token, None)
             return None
         return token
 
     def put(self, raw_token: bytes, token: Token) -> None:
         with self._lock:
             while len(self._tokens) >= self.max_entries:
-                self._tokens.pop(next(iter(self._tokens)))
+                self._tokens.pop(next(iter(self._tokens)), None)
             self._tokens[raw_token] = token
 
     def clear(self) -> None:
