@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,10 +14,12 @@ from bench import trace
 
 
 @pytest.fixture
-def trace_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def trace_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     monkeypatch.setenv("BENCH_LOG_DIR", str(tmp_path))
     monkeypatch.setattr(trace, "_fd", None)
-    return tmp_path
+    yield tmp_path
+    if trace._fd is not None:  # the file the marks opened
+        os.close(trace._fd)
 
 
 def _labels(directory: Path) -> list[str]:
@@ -24,7 +28,7 @@ def _labels(directory: Path) -> list[str]:
 
 
 def test_wrapped_functions_mark_their_start_and_end_when_asked(trace_file: Path) -> None:
-    class Path_:
+    class Steps:
         def step(self, n: int) -> int:
             return n * 2
 
@@ -35,10 +39,10 @@ def test_wrapped_functions_mark_their_start_and_end_when_asked(trace_file: Path)
         def fails(self) -> None:
             raise ValueError("kept")
 
-    trace._wrap(Path_, "step", "step", lambda self, n: n > 0)
-    trace._wrap(Path_, "hop", "hop")
-    trace._wrap(Path_, "fails", "fails")
-    p = Path_()
+    trace._wrap(Steps, "step", "step", lambda self, n: n > 0)
+    trace._wrap(Steps, "hop", "hop")
+    trace._wrap(Steps, "fails", "fails")
+    p = Steps()
     assert p.step(2) == 4 and p.step(0) == 0  # the second is not marked
     assert asyncio.run(p.hop(1)) == 2
     with pytest.raises(ValueError, match="kept"):
