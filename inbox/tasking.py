@@ -12,7 +12,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from celery import Task
 from django.db import transaction
@@ -20,6 +20,8 @@ from django.db import transaction
 from tenants.scoping import tenant_scope
 
 logger = logging.getLogger(__name__)
+
+Item = TypeVar("Item")
 
 
 class TenantTask(Task):  # type: ignore[misc]
@@ -46,8 +48,9 @@ def enqueue_on_commit(task: Callable[..., Any], **kwargs: Any) -> None:
     transaction.on_commit(lambda: apply_with_ids(task, kwargs), robust=True)
 
 
-class IdBatcher:
-    """Hands ids to `send` (one broker publish for a list of them) from a thread of its own, in batches.
+class IdBatcher(Generic[Item]):
+    """Hands ids (or tuples of ids) to `send` (one broker publish for a list of them) from a thread of its own, in
+    batches.
 
     The first id after a quiet moment goes at once; ids that arrive while a batch is being published wait for the
     next one (at most `max_batch` each). With `linger`, a batch never follows the previous one sooner than `linger`
@@ -59,7 +62,12 @@ class IdBatcher:
     """
 
     def __init__(
-        self, send: Callable[[list[int]], Any], *, max_batch: int = 20, linger: float = 0.0, name: str = "id-batcher"
+        self,
+        send: Callable[[list[Item]], Any],
+        *,
+        max_batch: int = 20,
+        linger: float = 0.0,
+        name: str = "id-batcher",
     ) -> None:
         self.send = send
         self.max_batch = max_batch
@@ -71,12 +79,12 @@ class IdBatcher:
 
     def _reset(self) -> None:
         self._lock = threading.Condition()
-        self._pending: list[int] = []
+        self._pending: list[Item] = []
         self._busy = False
         self._sent_at = -math.inf  # time.monotonic() when the last batch went out
         self._thread: threading.Thread | None = None
 
-    def add(self, item: int) -> None:
+    def add(self, item: Item) -> None:
         with self._lock:
             self._pending.append(item)
             if self._thread is None:

@@ -13,7 +13,7 @@ from celery import shared_task
 from config.celery import app
 from inbox.services import media as media_services
 from inbox.services import outbound
-from inbox.tasking import TenantTask
+from inbox.tasking import TenantTask, apply_with_ids
 from inbox.whatsapp.client import GraphError
 from inbox.whatsapp.sandbox import status_post
 
@@ -27,6 +27,21 @@ MARK_READ_RETRIES = 3
 def message_send(tenant_id: int, message_id: int) -> str:
     """Deliver one queued outbound message (the claim makes a duplicate run a no-op)."""
     return outbound.message_deliver(message_id=int(message_id))
+
+
+@shared_task(name="inbox.tasks.message_send_many", acks_late=True)
+def message_send_many(sends: list[list[int]]) -> list[str]:
+    """Queued sends a web process handed over together (outbound.send_enqueue), each `[tenant_id, message_id]`.
+
+    One is delivered here; several each become a message_send task of their own, so that one slow Graph call does
+    not hold up the others and each keeps its own late acknowledgement (the claim makes a second run a no-op).
+    """
+    if len(sends) == 1:
+        [(tenant_id, message_id)] = sends
+        return [message_send(tenant_id=int(tenant_id), message_id=int(message_id))]
+    for tenant_id, message_id in sends:
+        apply_with_ids(message_send, {"tenant_id": int(tenant_id), "message_id": int(message_id)})
+    return ["queued"] * len(sends)
 
 
 @shared_task(base=TenantTask, bind=True, name="inbox.tasks.message_mark_read", max_retries=MARK_READ_RETRIES)

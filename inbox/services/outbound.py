@@ -48,7 +48,7 @@ from inbox.services.core import (
 )
 from inbox.services.inbound import pending_statuses_apply
 from inbox.services.media import media_check
-from inbox.tasking import enqueue_on_commit
+from inbox.tasking import IdBatcher, apply_with_ids, enqueue_on_commit
 from inbox.whatsapp.client import GraphClient, GraphError, GraphUnknownOutcome, Transport
 from inbox.whatsapp.sandbox import background_timers, run_later, statuses_schedule, transport_for
 from tenants.models import Tenant, WhatsAppNumber
@@ -297,10 +297,45 @@ def _message_create(
             message.payload["media_link"] = media_link
             message.media_filename = filename[:255]
         message_append(conversation=locked, message=message)
+        send_enqueue_on_commit(tenant_id=tenant.pk, message_id=message.pk)
+    return message, True
+
+
+# --- Handing sends to the worker ------------------------------------------------------------------------------------
+
+
+def _publish_sends(sends: list[tuple[int, int]]) -> None:
+    from inbox.tasks import message_send_many  # the tasks module imports this one
+
+    apply_with_ids(
+        message_send_many, {"sends": [[tenant_id, message_id] for tenant_id, message_id in sends]}, retry=False
+    )
+
+
+# A Celery publish per send (its routing, message building, signals and kombu's producer, on the request thread)
+# held one process to 5,200-5,560 sends in M1's 300/s window (bench.run m1@300, saturated); handed over in batches
+# from a thread of its own (IdBatcher), 6,390-6,770. A send after a quiet moment goes at once; sends in a steady
+# stream share a publish at most every 5 ms. What a crash or a broker outage loses before it goes out is a queued
+# row, which outbox_sweep enqueues.
+_send_batcher: IdBatcher[tuple[int, int]] = IdBatcher(_publish_sends, max_batch=20, linger=0.005, name="send-enqueue")
+
+
+def send_enqueue(*, tenant_id: int, message_id: int) -> None:
+    """Hand a committed queued send to the worker without waiting for the broker. Eager Celery (the embedded
+    default) delivers it here and now, as its own task."""
+    from config.celery import app as celery_app
+
+    if celery_app.conf.task_always_eager:
         from inbox.tasks import message_send as message_send_task
 
-        enqueue_on_commit(message_send_task, tenant_id=tenant.pk, message_id=message.pk)
-    return message, True
+        apply_with_ids(message_send_task, {"tenant_id": tenant_id, "message_id": message_id})
+    else:
+        _send_batcher.add((tenant_id, message_id))
+
+
+def send_enqueue_on_commit(*, tenant_id: int, message_id: int) -> None:
+    """send_enqueue once the current transaction commits (a worker never looks for a row that is not there yet)."""
+    transaction.on_commit(lambda: send_enqueue(tenant_id=tenant_id, message_id=message_id), robust=True)
 
 
 def message_send_data(message: Message) -> dict[str, Any]:
@@ -334,9 +369,7 @@ def message_retry(*, tenant: Tenant, message: Message, user: User | None) -> Mes
     locked.send_started_at = None
     locked.save()
     message_status_emit(locked)
-    from inbox.tasks import message_send as message_send_task
-
-    enqueue_on_commit(message_send_task, tenant_id=tenant.pk, message_id=locked.pk)
+    send_enqueue_on_commit(tenant_id=tenant.pk, message_id=locked.pk)
     return locked
 
 

@@ -569,3 +569,146 @@ def test_the_sweeper_drops_statuses_that_never_found_their_message(
     assert sweep(django_capture_on_commit_callbacks)["pruned"] == 1
     with scopes_disabled():
         assert list(MessageStatusEvent.objects.values_list("wa_message_id", flat=True)) == ["wamid.RECENT"]
+
+
+# --- Handing sends to the worker (outbound.send_enqueue) -------------------------------------------------------------
+
+
+@pytest.fixture
+def published() -> Iterator[list[dict[str, Any]]]:
+    """Publish for real (to the configured broker, whose `default` queue is emptied afterwards) and record the
+    messages' headers as Celery sends them."""
+    from celery.signals import before_task_publish
+
+    from config.celery import app as celery_app
+
+    recorded: list[dict[str, Any]] = []
+
+    def record(headers: dict[str, Any] | None = None, **_: Any) -> None:
+        recorded.append(dict(headers or {}))
+
+    before_task_publish.connect(record, weak=False)
+    eager = celery_app.conf.task_always_eager
+    celery_app.conf.task_always_eager = False
+    try:
+        yield recorded
+    finally:
+        celery_app.conf.task_always_eager = eager
+        before_task_publish.disconnect(record)
+        with celery_app.connection_for_write() as connection:
+            connection.default_channel.queue_purge("default")
+
+
+def test_a_committed_send_goes_to_the_worker_after_the_commit_without_the_request_waiting(
+    world: World, published: list[dict[str, Any]], django_capture_on_commit_callbacks: Any
+) -> None:
+    from inbox.services.outbound import _send_batcher
+
+    with django_capture_on_commit_callbacks(execute=False) as callbacks, tenant_scope(world.acme.pk):
+        message, created = message_send(
+            tenant=world.acme, conversation=world.acme_conversation, sender=world.alice, client_id=None, text="hello"
+        )
+    assert created and published == []  # nothing leaves before the commit
+    for callback in callbacks:
+        callback()
+    assert _send_batcher.idle(5)
+    [headers] = published
+    assert headers["task"] == "inbox.tasks.message_send_many"
+    assert headers["kwargsrepr"] == repr({"sends": [[world.acme.pk, message.pk]]})
+
+
+def test_sends_committed_while_a_publish_is_out_share_the_next_one(published: list[dict[str, Any]]) -> None:
+    """Under load a send joins the next publish (one task for several sends) instead of paying one of its own."""
+    import threading
+    from unittest import mock
+
+    from inbox.services.outbound import _send_batcher, send_enqueue
+
+    gate, started = threading.Event(), threading.Event()
+    original = _send_batcher.send
+
+    def slow_first(sends: list[tuple[int, int]]) -> None:
+        if sends == [(1, 1)]:
+            started.set()
+            assert gate.wait(5)
+        original(sends)
+
+    with mock.patch.object(_send_batcher, "send", slow_first):
+        send_enqueue(tenant_id=1, message_id=1)  # returns at once although its publish is held up
+        assert started.wait(5)
+        for message_id in range(2, 25):
+            send_enqueue(tenant_id=1 + message_id % 2, message_id=message_id)
+        gate.set()
+        assert _send_batcher.idle(5)
+    assert [h["kwargsrepr"] for h in published] == [
+        repr({"sends": [[1, 1]]}),
+        repr({"sends": [[1 + i % 2, i] for i in range(2, 22)]}),  # at most 20 per task, in order
+        repr({"sends": [[1 + i % 2, i] for i in (22, 23, 24)]}),
+    ]
+
+
+def test_a_send_whose_publish_failed_is_left_queued_for_the_sweeper(
+    world: World, published: list[dict[str, Any]], caplog: pytest.LogCaptureFixture
+) -> None:
+    from unittest import mock
+
+    from inbox.services.outbound import _send_batcher, send_enqueue
+
+    message = factories.make_message(
+        world.acme_conversation,
+        direction=Direction.OUTBOUND,
+        send_state=SendState.QUEUED,
+        text="hi",
+        send_next_attempt_at=timezone.now(),
+    )
+    with mock.patch("inbox.services.outbound.apply_with_ids", side_effect=ConnectionError("broker down")):
+        send_enqueue(tenant_id=world.acme.pk, message_id=message.pk)
+        assert _send_batcher.idle(5)
+    assert "could not publish" in caplog.text and published == []
+    message.refresh_from_db()
+    assert message.send_state == SendState.QUEUED
+    assert outbox_sweep()["enqueued"] == 1
+    [headers] = published
+    assert (headers["task"], headers["kwargsrepr"]) == (
+        "inbox.tasks.message_send",
+        repr({"tenant_id": world.acme.pk, "message_id": message.pk}),
+    )
+
+
+def test_a_batch_of_one_is_delivered_in_its_task(
+    world: World, live_number: WhatsAppNumber, fake_graph: FakeGraph
+) -> None:
+    from inbox.tasks import message_send_many
+
+    message = factories.make_message(
+        world.acme_conversation, direction=Direction.OUTBOUND, send_state=SendState.QUEUED, text="hi"
+    )
+    assert message_send_many.apply(kwargs={"sends": [[world.acme.pk, message.pk]]}).get() == ["sent"]
+    message.refresh_from_db()
+    assert message.send_state == SendState.SENT
+    assert len(fake_graph.sent()) == 1
+
+
+def test_a_batch_of_several_becomes_a_send_task_each(world: World, published: list[dict[str, Any]]) -> None:
+    from inbox.tasks import message_send_many
+
+    sends = [[world.acme.pk, 11], [world.globex.pk, 12], [world.acme.pk, 13]]
+    assert message_send_many.run(sends=sends) == ["queued"] * 3
+    assert [(h["task"], h["kwargsrepr"]) for h in published] == [
+        ("inbox.tasks.message_send", repr({"tenant_id": tenant_id, "message_id": message_id}))
+        for tenant_id, message_id in sends
+    ]
+
+
+def test_a_batched_send_of_another_tenants_message_sends_nothing(
+    world: World, live_number: WhatsAppNumber, fake_graph: FakeGraph
+) -> None:
+    from inbox.tasks import message_send_many
+
+    message = factories.make_message(
+        world.acme_conversation, direction=Direction.OUTBOUND, send_state=SendState.QUEUED, text="hi"
+    )
+    message_send_many.apply(kwargs={"sends": [[world.globex.pk, message.pk]]})
+    message.refresh_from_db()
+    assert message.send_state == SendState.QUEUED
+    assert fake_graph.sent() == []
