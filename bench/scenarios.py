@@ -337,7 +337,9 @@ async def m1_point(
         status, took = await systems[i % len(systems)].post_message(convs[i % len(convs)], key, f"bench message {i}")
         statuses[status] += 1
         post_times.append(took)
+        answered.append(time.perf_counter())
 
+    answered: list[float] = []  # when each POST's response arrived
     begin = time.perf_counter()
     cpu0 = sum(each.daphne.cpu_seconds() for each in systems)
     await OpenLoop(rate, duration + warm, grace=15).run(one)
@@ -350,6 +352,9 @@ async def m1_point(
     first, last = pct(measured[:tenth], 50), pct(measured[-tenth:], 50)
     p99 = ms(stats["p99"])
     ratio = p99 / base
+    # What the server answered per second from the first POST to the last answer: the offered rate when it keeps up,
+    # its capacity when it does not (a hard stop cancels what is still waiting, so delivered < sent then).
+    served = len(answered) / max(1e-9, (answered[-1] if answered else begin) - begin)
     ctx.add(
         label,
         f"POST→WS {rate}/s p50 / p95 / p99 / max",
@@ -363,9 +368,10 @@ async def m1_point(
     )
     ctx.add(
         label,
-        f"  {rate}/s delivered / sent (201s); POST p99; lag first→last 10 %; Daphne CPU per send"
+        f"  {rate}/s delivered / sent (201s); POST p99; lag first→last 10 %; Daphne CPU per send; answered/s"
         + (f" (all {len(systems)} processes)" if len(systems) > 1 else ""),
-        f"{len(lat)} / {created}; {ms(pct(post_times, 99)):.1f} ms; {ms(first):.1f}→{ms(last):.1f} ms; {cpu_ms:.1f} ms",
+        f"{len(lat)} / {created}; {ms(pct(post_times, 99)):.1f} ms; {ms(first):.1f}→{ms(last):.1f} ms; {cpu_ms:.1f} ms;"
+        f" {served:.0f}",
         target="delivered = sent",
         ok=len(lat) == created == len(sent),
         note="" if len(statuses) == 1 else f"statuses {dict(statuses)}",
