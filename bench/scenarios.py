@@ -316,6 +316,7 @@ async def m1_point(
     sent: dict[str, float] = {}
     lat: list[tuple[float, float]] = []  # (send time, latency)
     post_times: list[float] = []
+    answered: list[float] = []  # when each POST's response arrived
     statuses: dict[int, int] = defaultdict(int)
 
     def hook(sock: Sock, frame: dict[str, Any], now: float) -> None:
@@ -339,7 +340,6 @@ async def m1_point(
         post_times.append(took)
         answered.append(time.perf_counter())
 
-    answered: list[float] = []  # when each POST's response arrived
     begin = time.perf_counter()
     cpu0 = sum(each.daphne.cpu_seconds() for each in systems)
     await OpenLoop(rate, duration + warm, grace=15).run(one)
@@ -353,7 +353,8 @@ async def m1_point(
     p99 = ms(stats["p99"])
     ratio = p99 / base
     # What the server answered per second from the first POST to the last answer: the offered rate when it keeps up,
-    # its capacity when it does not (a hard stop cancels what is still waiting, so delivered < sent then).
+    # its capacity when it does not (the hard stop then cancels POSTs still waiting: delivered < sent, and a send that
+    # committed but whose answer was cut off is delivered without counting as a 201).
     served = len(answered) / max(1e-9, (answered[-1] if answered else begin) - begin)
     ctx.add(
         label,
